@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make run    the main job: local Kafka, a worker, simulated customers, live results
+#   make test   lint, type-check and the whole test suite on a real local broker
+# Both set everything up on a fresh machine (virtualenv, Python packages, Kafka jars).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(BIN)/vitals kafka fetch
+
+run: setup
+	$(BIN)/vitals demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+# pytest exits 5 when it collects nothing: that alone is not a failure here.
+test: setup lint
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

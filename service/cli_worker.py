@@ -1,0 +1,59 @@
+"""``vitals worker``: run one stream-processing worker."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from service.cli import CliError
+
+
+@click.command()
+@click.option(
+    "--bootstrap", "bootstrap_servers", help="Kafka bootstrap servers (VITALS_BOOTSTRAP_SERVERS)."
+)
+@click.option("--web-port", type=int, help="HTTP port of this worker (VITALS_WEB_PORT).")
+@click.option("--app-id", help="Consumer group / internal topic prefix (VITALS_APP_ID).")
+@click.option("--topic-prefix", help="Prefix of every vitals topic (VITALS_TOPIC_PREFIX).")
+def worker(
+    bootstrap_servers: str | None,
+    web_port: int | None,
+    app_id: str | None,
+    topic_prefix: str | None,
+) -> None:
+    """Consume the input topics, keep account state, serve HTTP and /metrics.
+
+    Runs until interrupted (Ctrl-C or SIGTERM), then stops cleanly. All
+    settings come from VITALS_* environment variables; options override them.
+    """
+    import faust
+    from pydantic import ValidationError
+
+    from service.settings import load_settings
+
+    overrides = {
+        key: value
+        for key, value in {
+            "bootstrap_servers": bootstrap_servers,
+            "web_port": web_port,
+            "app_id": app_id,
+            "topic_prefix": topic_prefix,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(
+            f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from exc
+
+    from streams.topology import build_worker_app
+
+    app = build_worker_app(settings)
+    # Results belong on stdout; faust's banner and logs go to stderr.
+    faust.Worker(
+        app, loglevel=settings.log_level, stdout=sys.stderr, stderr=sys.stderr, quiet=True
+    ).execute_from_commandline()

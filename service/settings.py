@@ -1,0 +1,150 @@
+"""One typed, frozen settings object for every process of vitals.
+
+All configuration comes from environment variables prefixed ``VITALS_`` (or a
+``.env`` file named by ``VITALS_ENV_FILE``). Secrets are ``SecretStr`` so they
+never appear in logs or reprs. The README's configuration table mirrors this
+class; keep both in step.
+"""
+
+from __future__ import annotations
+
+import ssl
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+#: Topic kinds of DESIGN.md: the part of an input topic's name after "<prefix>events.".
+INPUT_TOPIC_KINDS: tuple[str, ...] = (
+    "login",
+    "feature-use",
+    "support-ticket",
+    "account",
+    "engagement",
+    "outcome",
+)
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Defaults are the local single-node set-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VITALS_", frozen=True, extra="ignore", env_file=None
+    )
+
+    # --- Kafka connection -------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
+    )
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
+
+    # --- Topology ---------------------------------------------------------
+    app_id: str = Field("vitals", description="Consumer group and internal-topic prefix.")
+    topic_prefix: str = Field("vitals.", description="Prefix of every vitals topic name.")
+    partitions: int = Field(4, ge=1, description="Partitions of topics vitals creates.")
+    replication_factor: int = Field(1, ge=1, description="Replicas of topics vitals creates.")
+
+    # --- Input rules --------------------------------------------------------
+    max_event_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger message values are dead-lettered."
+    )
+    max_future_ms: int = Field(
+        300_000, ge=0, description="How far in the future occurred_at may be."
+    )
+
+    # --- Worker -----------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    data_dir: Path = Field(Path("var/worker"), description="Worker-local files.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "VITALS_SASL_USERNAME and VITALS_SASL_PASSWORD are required "
+                f"with security_protocol={self.security_protocol}"
+            )
+        return self
+
+    # --- Derived names ----------------------------------------------------
+    def input_topic(self, kind: str) -> str:
+        """Name of the input topic of a kind (``login``, ``feature-use``...)."""
+        return f"{self.topic_prefix}events.{kind}"
+
+    @cached_property
+    def input_topics(self) -> dict[str, str]:
+        """Topic name -> topic kind, for every input topic."""
+        return {self.input_topic(kind): kind for kind in INPUT_TOPIC_KINDS}
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}events.dlq"
+
+    @property
+    def scores_topic(self) -> str:
+        return f"{self.topic_prefix}health.scores"
+
+    @property
+    def bucket_changes_topic(self) -> str:
+        return f"{self.topic_prefix}health.bucket-changes"
+
+    @property
+    def triggers_topic(self) -> str:
+        return f"{self.topic_prefix}playbooks.triggers"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context for SSL / SASL_SSL, or None for plaintext protocols."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(
+            purpose=ssl.Purpose.SERVER_AUTH,
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+        )
+        if self.ssl_certfile:
+            context.load_cert_chain(
+                str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+            )
+        return context
+
+    def aiokafka_kwargs(self) -> dict[str, object]:
+        """Connection keyword arguments for plain aiokafka clients."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            assert self.sasl_password is not None  # checked by the validator
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return kwargs
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment, then apply explicit overrides (used by tests and CLI flags)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,145 @@
+"""Wire once: the faust app, its topics, the state table and the web pages.
+
+Everything Kafka-shaped is built here from one ``Settings`` object; the agent
+bodies live in ``streams.ingest`` and call the pure functions of ``service``.
+
+Design notes (see ../shared/FAUST_NOTES.md):
+- every topic is raw bytes in and out, so undecodable input reaches our own
+  dead-letter path instead of faust's log-only one;
+- the state table is a plain ``Table`` keyed by account id bytes whose value is
+  an ``AccountState`` holding explicit event-time windows (no faust windowed
+  tables: their expiry runs on wall-clock time);
+- agents run with concurrency 1 so offsets are never committed past an
+  in-flight message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+
+from service.account_state import AccountState
+from service.settings import Settings
+
+log = logging.getLogger("vitals.streams")
+
+#: Kafka's default broker limit; values above it need topic/broker overrides.
+_DLQ_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class AccountStateCodec(codecs.Codec):
+    """Changelog codec for ``AccountState`` (compact orjson bytes)."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        state: AccountState = obj
+        data: bytes = state.to_bytes()
+        return data
+
+    def _loads(self, s: bytes) -> Any:
+        return AccountState.from_bytes(s)
+
+
+codecs.register("vitals_state", AccountStateCodec())
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The app and every channel and table the agents use."""
+
+    app: faust.App
+    settings: Settings
+    inputs: faust.TopicT
+    dlq: faust.TopicT
+    scores: faust.TopicT
+    bucket_changes: faust.TopicT
+    triggers: faust.TopicT
+    accounts: Any  # faust.Table[bytes, AccountState]; faust's generics are loose
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Translate TLS / SASL settings into faust's credentials object."""
+    context = settings.ssl_context()
+    if settings.security_protocol.startswith("SASL"):
+        assert settings.sasl_password is not None
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def build_topology(settings: Settings) -> Topology:
+    """Create the faust app and declare every topic and table of DESIGN.md."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        processing_guarantee="at_least_once",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_enabled=True,
+        datadir=str(settings.data_dir),
+        producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576) + 65_536,
+        consumer_auto_offset_reset="earliest",
+        # A record larger than the per-partition fetch size is still returned
+        # whole by Kafka >= 0.10.1, so no fetch-size change is needed for big values.
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    def raw_topic(name: str, **kwargs: Any) -> faust.TopicT:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            replicas=settings.replication_factor,
+            **kwargs,
+        )
+
+    inputs = app.topic(
+        *settings.input_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+        replicas=settings.replication_factor,
+        config={"max.message.bytes": str(_DLQ_MAX_MESSAGE_BYTES)},
+    )
+    dlq = raw_topic(settings.dlq_topic, config={"max.message.bytes": str(_DLQ_MAX_MESSAGE_BYTES)})
+    scores = raw_topic(settings.scores_topic, compacting=True)
+    bucket_changes = raw_topic(settings.bucket_changes_topic)
+    triggers = raw_topic(settings.triggers_topic)
+    accounts = app.Table(
+        "accounts",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        key_serializer="raw",
+        value_serializer="vitals_state",
+    )
+    return Topology(
+        app=app,
+        settings=settings,
+        inputs=inputs,
+        dlq=dlq,
+        scores=scores,
+        bucket_changes=bucket_changes,
+        triggers=triggers,
+        accounts=accounts,
+    )

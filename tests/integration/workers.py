@@ -1,0 +1,180 @@
+"""Run real ``vitals worker`` processes against the test broker.
+
+Each test gets its own app id and topic prefix, so topics, consumer groups and
+changelogs never collide between tests sharing the session broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception as exc:  # the thing polled may not be up yet
+            last_error = exc
+            result = None
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})"
+    )
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), bytes(exc.read())
+
+
+@dataclass
+class Namespace:
+    """Unique names for one test: app id (group) and topic prefix."""
+
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    @property
+    def app_id(self) -> str:
+        return f"vitals-test-{self.token}"
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"t{self.token}."
+
+    def topic(self, suffix: str) -> str:
+        """Full topic name, e.g. ``topic("events.login")``."""
+        return f"{self.topic_prefix}{suffix}"
+
+
+@dataclass
+class WorkerProcess:
+    """One ``vitals worker`` subprocess with its own web port and data dir."""
+
+    bootstrap: str
+    namespace: Namespace
+    data_dir: Path
+    partitions: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+    web_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"worker-{self.web_port}.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "VITALS_BOOTSTRAP_SERVERS": self.bootstrap,
+                "VITALS_APP_ID": self.namespace.app_id,
+                "VITALS_TOPIC_PREFIX": self.namespace.topic_prefix,
+                "VITALS_PARTITIONS": str(self.partitions),
+                "VITALS_WEB_PORT": str(self.web_port),
+                "VITALS_DATA_DIR": str(self.data_dir / f"w{self.web_port}"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> WorkerProcess:
+        def ready() -> bool:
+            self._check_alive()
+            status, _ = http_get(f"{self.url}/readyz", timeout=2)
+            return status == 200
+
+        wait_until(ready, timeout=timeout, what=f"worker on :{self.web_port} to be ready")
+        return self
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"worker exited with {self.process.returncode}; log tail:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, body = http_get(f"{self.url}{path}")
+        return status, json.loads(body) if body else None
+
+    def metrics_text(self) -> str:
+        status, body = http_get(f"{self.url}/metrics")
+        assert status == 200
+        return body.decode()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not stop in time."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        return self.process.returncode
