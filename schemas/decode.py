@@ -209,12 +209,13 @@ def decode_event(
         obj: Any = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         # orjson rejects invalid UTF-8 itself; only pay for a decode on failure.
-        try:
-            str(value, "utf-8")
-        except UnicodeDecodeError as uexc:
-            raise Rejected(
-                "invalid_utf8", f"value is not valid UTF-8 at byte {uexc.start}"
-            ) from None
+        if not isinstance(value, str):  # tolerate text from non-Kafka callers
+            try:
+                str(value, "utf-8")
+            except UnicodeDecodeError as uexc:
+                raise Rejected(
+                    "invalid_utf8", f"value is not valid UTF-8 at byte {uexc.start}"
+                ) from None
         raise Rejected("not_json", f"value is not JSON: {' '.join(str(exc).split())}") from None
     return validate_event(
         obj, topic_kind=topic_kind, key=key, now_ms=now_ms, max_future_ms=max_future_ms
