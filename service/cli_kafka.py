@@ -30,6 +30,13 @@ __all__ = ["kafka"]
 EXIT_NOT_RUNNING = 3
 
 
+def _fail(exc: KafkaLocalError) -> CliError:
+    """One error line; the evidence (tool output, broker log tail) before it."""
+    if exc.detail:
+        click.echo(exc.detail, err=True)
+    return CliError(exc.message)
+
+
 def _emit(payload: dict[str, object]) -> None:
     click.echo(json.dumps(payload, sort_keys=False))
 
@@ -109,8 +116,8 @@ def up(port: int, controller_port: int, data_dir: Path, version: str, timeout: f
         if pid is not None:
             bootstrap = broker.running_bootstrap()
             # It may still be starting (another `up`): give it the same time.
-            status = broker.status(timeout=timeout)
-            if not status.ready:
+            current = broker.status(timeout=timeout)
+            if not current.ready:
                 raise CliError(
                     f"a broker from {broker.data_dir} runs (pid {pid}) but {bootstrap} "
                     f"did not answer within {timeout:.0f}s; see {broker.log_path}"
@@ -120,7 +127,7 @@ def up(port: int, controller_port: int, data_dir: Path, version: str, timeout: f
             return
         broker.start(timeout=timeout)
     except KafkaLocalError as exc:
-        raise CliError(str(exc)) from exc
+        raise _fail(exc) from exc
     _emit({"bootstrap": broker.bootstrap, "pid": broker.pid(), "data_dir": str(broker.data_dir)})
 
 
@@ -139,7 +146,7 @@ def down(data_dir: Path, timeout: float) -> None:
     try:
         stopped = broker.stop(timeout=timeout)
     except KafkaLocalError as exc:
-        raise CliError(str(exc)) from exc
+        raise _fail(exc) from exc
     click.echo(
         "vitals: Kafka stopped" if stopped else f"vitals: no Kafka running from {broker.data_dir}",
         err=True,
@@ -164,7 +171,7 @@ def status(data_dir: Path, timeout: float) -> None:
     try:
         result = broker.status(timeout=timeout)
     except KafkaLocalError as exc:
-        raise CliError(str(exc)) from exc
+        raise _fail(exc) from exc
     _emit(result.to_json())
     if not result.running:
         click.get_current_context().exit(EXIT_NOT_RUNNING)
@@ -182,5 +189,5 @@ def fetch(version: str) -> None:
     try:
         libs = broker.ensure_jars()
     except KafkaLocalError as exc:
-        raise CliError(str(exc)) from exc
+        raise _fail(exc) from exc
     _emit({"version": version, "libs": str(libs)})

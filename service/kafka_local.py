@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -55,6 +56,7 @@ __all__ = [
     "LocalKafka",
     "default_cache_root",
     "default_data_dir",
+    "find_java",
     "free_port",
     "new_cluster_id",
     "render_properties",
@@ -95,7 +97,19 @@ _T = TypeVar("_T")
 
 
 class KafkaLocalError(RuntimeError):
-    """The local broker cannot be fetched, started, reached or stopped."""
+    """The local broker cannot be fetched, started, reached or stopped.
+
+    ``message`` is one line saying what went wrong; ``detail`` holds the
+    evidence (tool output, the tail of the broker log), if any.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.detail}" if self.detail else self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +271,10 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def _port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``port``. SO_REUSEADDR like the JVM, so the
+    TIME_WAIT leftovers of a broker that just stopped do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -301,6 +318,15 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except OSError:
         return "(no broker log)"
     return "\n".join(data.splitlines()[-lines:]) or "(broker log is empty)"
+
+
+def _log_error(path: Path) -> str | None:
+    """The last ERROR line of a broker log and its root cause, on one line."""
+    text = _tail(path, lines=400)
+    errors = re.findall(r"^\[[^\]]+\] (?:ERROR|FATAL) +(.*)$", text, re.M)
+    causes = re.findall(r"^Caused by: (.*)$", text, re.M)
+    parts = [part.strip() for part in (errors[-1:] + causes[-1:]) if part.strip()]
+    return "; ".join(parts) if parts else None
 
 
 @contextlib.contextmanager
@@ -447,6 +473,8 @@ class LocalKafka:
     cache_root: Path | None = None
     jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
     # Linux: the JVM gets SIGTERM when the starting process dies (test runs).
+    # The kernel ties this to the starting *thread*, so it applies only when
+    # start() runs on the main thread.
     die_with_parent: bool = False
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -509,6 +537,7 @@ class LocalKafka:
                 mvn,
                 "-q",
                 "-B",
+                "-Dstyle.color=never",
                 "-f",
                 str(POM_PATH),
                 f"-Dkafka.version={self.version}",
@@ -535,10 +564,13 @@ class LocalKafka:
                 j.name.startswith(f"kafka_2.13-{self.version}") for j in jars
             ):
                 shutil.rmtree(staging, ignore_errors=True)
-                output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+                output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+                lines = output.strip().splitlines()
+                first_error = next((ln for ln in lines if ln.startswith("[ERROR] ")), "")
                 raise KafkaLocalError(
                     f"Maven could not fetch org.apache.kafka:kafka_2.13:{self.version} "
-                    f"(exit {result.returncode}): {output or 'no output'}"
+                    f"(exit {result.returncode}): {first_error.removeprefix('[ERROR] ')}",
+                    "\n".join(lines[-20:]) or None,
                 )
             shutil.rmtree(libs, ignore_errors=True)
             staging.rename(libs)
@@ -605,9 +637,11 @@ class LocalKafka:
         except subprocess.TimeoutExpired as exc:
             raise KafkaLocalError("formatting the Kafka storage timed out") from exc
         if result.returncode != 0 or not self.is_formatted():
-            output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+            lines = (result.stdout + result.stderr).strip().splitlines()
             raise KafkaLocalError(
-                f"kafka.tools.StorageTool format failed (exit {result.returncode}): {output}"
+                f"kafka.tools.StorageTool format failed (exit {result.returncode})"
+                + (f": {lines[-1]}" if lines else ""),
+                "\n".join(lines[-20:]) or None,
             )
 
     def start(self, timeout: float = 90) -> None:
@@ -624,6 +658,8 @@ class LocalKafka:
             )
         if not LOG4J2_PATH.is_file():
             raise KafkaLocalError(f"{LOG4J2_PATH} is missing (needs a source checkout)")
+        if self.port == self.controller_port:
+            raise KafkaLocalError("port and controller port must differ")
         java = find_java()
         libs = self.ensure_jars()
         for name, port in (("port", self.port), ("controller port", self.controller_port)):
@@ -632,8 +668,6 @@ class LocalKafka:
                     f"{name} {port} on {LOOPBACK} is in use (another broker?); "
                     "choose another with --port/--controller-port"
                 )
-        if self.port == self.controller_port:
-            raise KafkaLocalError("port and controller port must differ")
         self.write_config()
         if not self.is_formatted():
             self._format_storage(java, libs)
@@ -653,6 +687,9 @@ class LocalKafka:
             "starting Kafka %s on %s (log: %s)", self.version, self.bootstrap, self.log_path
         )
         started = time.monotonic()
+        tie_to_parent = (
+            self.die_with_parent and threading.current_thread() is threading.main_thread()
+        )
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 command,
@@ -662,7 +699,7 @@ class LocalKafka:
                 cwd=self.data_dir,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=_set_parent_death_signal if self.die_with_parent else None,
+                preexec_fn=_set_parent_death_signal if tie_to_parent else None,
             )
         self.pid_path.write_text(f"{self._proc.pid}\n")
         try:
@@ -671,8 +708,10 @@ class LocalKafka:
             code = self._proc.poll()
             self.stop(timeout=10)
             status = f"exit code {code}" if code is not None else "stopped"
+            cause = _log_error(self.log_path)
             raise KafkaLocalError(
-                f"{exc} ({status}); last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                f"{exc.message} ({status})" + (f": {cause}" if cause else ""),
+                f"last lines of {self.log_path}:\n{_tail(self.log_path)}",
             ) from None
         except BaseException:
             self.stop(timeout=10)
