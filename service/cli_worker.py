@@ -50,7 +50,13 @@ def worker(
             f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from exc
 
+    from service.topics import TopicError, ensure_topics
     from streams.topology import build_worker_app
+
+    try:
+        ensure_topics(settings)
+    except TopicError as exc:
+        raise CliError(str(exc)) from exc
 
     app = build_worker_app(settings)
     # Results belong on stdout; faust's banner and logs go to stderr.

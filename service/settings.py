@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     def triggers_topic(self) -> str:
         return f"{self.topic_prefix}playbooks.triggers"
 
+    @property
+    def ticks_topic(self) -> str:
+        """Internal: timer ticks, co-partitioned with the input topics."""
+        return f"{self.topic_prefix}internal.ticks"
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS context for SSL / SASL_SSL, or None for plaintext protocols."""
         if not self.security_protocol.endswith("SSL"):

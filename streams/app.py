@@ -130,9 +130,22 @@ def build_topology(settings: Settings) -> Topology:
         default=None,
         partitions=settings.partitions,
         key_type=bytes,
-        key_serializer="raw",
-        value_serializer="vitals_state",
+        # faust derives a changelog's value codec from the table's value type
+        # (JSON otherwise), so the changelog topic is declared here with ours.
+        changelog_topic=app.topic(
+            f"{settings.app_id}-accounts-changelog",
+            key_type=bytes,
+            key_serializer="raw",
+            value_serializer="vitals_state",
+            partitions=settings.partitions,
+            replicas=settings.replication_factor,
+            compacting=True,
+            deleting=False,
+            acks=False,
+            internal=True,
+        ),
     )
+    accounts.value_serializer = "vitals_state"  # type: ignore[attr-defined]
     return Topology(
         app=app,
         settings=settings,

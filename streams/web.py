@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from service import metrics
 from streams.app import Topology
@@ -20,7 +20,11 @@ def install_web(top: Topology) -> None:
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Response:
         metrics.ACCOUNTS_TRACKED.set(len(accounts))
-        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format's
+        # version parameter is what Prometheus negotiates on.
+        return web.bytes(
+            generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4"
+        )
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:

@@ -43,6 +43,8 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             result = condition()
+        except AssertionError:
+            raise  # a definite failure (e.g. the process died): stop waiting
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
             result = None
@@ -121,7 +123,7 @@ class WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
+            [sys.executable, "-m", "service", "worker"],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
