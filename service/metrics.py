@@ -50,3 +50,74 @@ ACCOUNTS_TRACKED = Gauge(
     "Accounts held in this worker's state table.",
     registry=REGISTRY,
 )
+
+#: Health scores published to the scores topic.
+SCORE_UPDATES = Counter(
+    "vitals_score_updates",
+    "Health scores published.",
+    registry=REGISTRY,
+)
+
+#: Bucket changes published, by from/to bucket.
+BUCKET_TRANSITIONS = Counter(
+    "vitals_bucket_transitions",
+    "Accounts that moved bucket, by from and to bucket.",
+    ["from_bucket", "to_bucket"],
+    registry=REGISTRY,
+)
+
+#: Accounts owned by this worker per current bucket (sum over workers for the portfolio).
+ACCOUNTS_BY_BUCKET = Gauge(
+    "vitals_accounts_by_bucket",
+    "Accounts owned by this worker, by current bucket.",
+    ["bucket"],
+    registry=REGISTRY,
+)
+
+#: Time from reading an event to publishing the score it changed.
+SCORE_LATENCY_SECONDS = Histogram(
+    "vitals_score_latency_seconds",
+    "Time from consuming an event to publishing its account's new score.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+    registry=REGISTRY,
+)
+
+#: Playbook triggers published, by playbook.
+PLAYBOOK_TRIGGERS = Counter(
+    "vitals_playbook_triggers",
+    "Playbook triggers published, by playbook.",
+    ["playbook"],
+    registry=REGISTRY,
+)
+
+#: Playbook triggers suppressed by the per-account cooldown, by playbook.
+PLAYBOOK_SUPPRESSED = Counter(
+    "vitals_playbook_suppressed",
+    "Playbook triggers suppressed inside their cooldown, by playbook.",
+    ["playbook"],
+    registry=REGISTRY,
+)
+
+#: Webhook delivery attempts by outcome: delivered | retried | failed.
+WEBHOOK_DELIVERIES = Counter(
+    "vitals_webhook_deliveries",
+    "Playbook webhook delivery attempts, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+#: Messages between this worker's position and the end of each input partition.
+CONSUMER_LAG = Gauge(
+    "vitals_consumer_lag",
+    "Input messages not yet consumed, by topic and partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+#: Rows written by the history sink, by table.
+HISTORY_ROWS = Counter(
+    "vitals_history_rows_written",
+    "Rows inserted by the history sink, by table (duplicates are not counted).",
+    ["table"],
+    registry=REGISTRY,
+)
