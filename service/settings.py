@@ -63,6 +63,31 @@ class Settings(BaseSettings):
         300_000, ge=0, description="How far in the future occurred_at may be."
     )
 
+    # --- Scoring ----------------------------------------------------------
+    scorecard_file: Path | None = Field(
+        None, description="Scorecard YAML; the built-in default scorecard when unset."
+    )
+    rescore_tick_ms: int = Field(
+        3_600_000, ge=60_000, description="Silent accounts are re-evaluated at these boundaries."
+    )
+    timer_interval_s: float = Field(
+        10.0, gt=0, description="How often the worker checks for a new tick boundary."
+    )
+
+    # --- Playbooks ----------------------------------------------------------
+    playbooks_file: Path | None = Field(
+        None, description="Playbooks YAML; the built-in defaults when unset."
+    )
+    webhook_url: str | None = Field(None, description="POST every playbook trigger here.")
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(5, ge=1)
+
+    # --- History (SQL) -------------------------------------------------------
+    database_url: str = Field(
+        "sqlite+aiosqlite:///var/vitals.db", description="SQLAlchemy async URL of the history DB."
+    )
+    history_daily_snapshot: bool = True
+
     # --- Worker -----------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
