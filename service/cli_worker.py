@@ -50,15 +50,20 @@ def worker(
             f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from exc
 
+    from service.scorecard import ScorecardError
     from service.topics import TopicError, ensure_topics
-    from streams.topology import build_worker_app
+    from streams.topology import build_worker_app, worker_scorecard
 
+    try:
+        scorecard = worker_scorecard(settings)
+    except (ScorecardError, OSError) as exc:
+        raise CliError(str(exc)) from exc
     try:
         ensure_topics(settings)
     except TopicError as exc:
         raise CliError(str(exc)) from exc
 
-    app = build_worker_app(settings)
+    app = build_worker_app(settings, scorecard)
     # Results belong on stdout; faust's banner and logs go to stderr.
     faust.Worker(
         app, loglevel=settings.log_level, stdout=sys.stderr, stderr=sys.stderr, quiet=True

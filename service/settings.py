@@ -67,9 +67,6 @@ class Settings(BaseSettings):
     scorecard_file: Path | None = Field(
         None, description="Scorecard YAML; the built-in default scorecard when unset."
     )
-    rescore_tick_ms: int = Field(
-        3_600_000, ge=60_000, description="Silent accounts are re-evaluated at these boundaries."
-    )
     timer_interval_s: float = Field(
         10.0, gt=0, description="How often the worker checks for a new tick boundary."
     )
@@ -138,6 +135,11 @@ class Settings(BaseSettings):
     @property
     def triggers_topic(self) -> str:
         return f"{self.topic_prefix}playbooks.triggers"
+
+    @property
+    def repartition_topic(self) -> str:
+        """Internal: input events found on the wrong partition, forwarded to the right one."""
+        return f"{self.topic_prefix}internal.repartition"
 
     @property
     def ticks_topic(self) -> str:

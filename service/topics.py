@@ -41,6 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.scores_topic, {"cleanup.policy": "compact"}, copartitioned=False),
         TopicSpec(settings.bucket_changes_topic, copartitioned=False),
         TopicSpec(settings.triggers_topic, copartitioned=False),
+        TopicSpec(settings.repartition_topic, dict(large)),
         TopicSpec(settings.ticks_topic),
     ]
     return specs
@@ -76,10 +77,16 @@ async def ensure_topics_async(settings: Settings, connect_timeout: float = 60.0)
                     for spec in missing
                 ]
             )
-            now_present = set(await admin.list_topics())
-            absent = [spec.name for spec in missing if spec.name not in now_present]
-            if absent:
-                raise TopicError(f"could not create topics: {', '.join(absent)}")
+            # Creation is asynchronous on the broker: wait until metadata shows them.
+            deadline = asyncio.get_running_loop().time() + connect_timeout
+            while True:
+                now_present = set(await admin.list_topics())
+                absent = [spec.name for spec in missing if spec.name not in now_present]
+                if not absent:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TopicError(f"could not create topics: {', '.join(absent)}")
+                await asyncio.sleep(0.2)
             for spec in missing:
                 log.info("created topic %s (%d partitions)", spec.name, settings.partitions)
         present = [spec.name for spec in specs if spec.copartitioned and spec.name in existing]

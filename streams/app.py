@@ -52,7 +52,10 @@ class Topology:
 
     app: faust.App
     settings: Settings
+    #: The agent's channel: every input topic, the repartition topic and the ticks topic.
     inputs: faust.TopicT
+    repartition: faust.TopicT
+    ticks: faust.TopicT
     dlq: faust.TopicT
     scores: faust.TopicT
     bucket_changes: faust.TopicT
@@ -113,6 +116,8 @@ def build_topology(settings: Settings) -> Topology:
 
     inputs = app.topic(
         *settings.input_topics,
+        settings.repartition_topic,
+        settings.ticks_topic,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -122,6 +127,10 @@ def build_topology(settings: Settings) -> Topology:
         config={"max.message.bytes": str(_DLQ_MAX_MESSAGE_BYTES)},
     )
     dlq = raw_topic(settings.dlq_topic, config={"max.message.bytes": str(_DLQ_MAX_MESSAGE_BYTES)})
+    repartition = raw_topic(
+        settings.repartition_topic, config={"max.message.bytes": str(_DLQ_MAX_MESSAGE_BYTES)}
+    )
+    ticks = raw_topic(settings.ticks_topic)
     scores = raw_topic(settings.scores_topic, compacting=True)
     bucket_changes = raw_topic(settings.bucket_changes_topic)
     triggers = raw_topic(settings.triggers_topic)
@@ -150,6 +159,8 @@ def build_topology(settings: Settings) -> Topology:
         app=app,
         settings=settings,
         inputs=inputs,
+        repartition=repartition,
+        ticks=ticks,
         dlq=dlq,
         scores=scores,
         bucket_changes=bucket_changes,

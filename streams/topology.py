@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import faust
 
+from service.scorecard import Scorecard, default_scorecard, load_scorecard
 from service.settings import Settings
 from streams.app import Topology, build_topology
-from streams.ingest import install_ingest
+from streams.processor import Processor, install_processor
 from streams.web import install_web
 
 
-def build_worker(settings: Settings) -> Topology:
+def worker_scorecard(settings: Settings) -> Scorecard:
+    """The scorecard this worker scores with (validated; raises ScorecardError)."""
+    if settings.scorecard_file is None:
+        return default_scorecard()
+    return load_scorecard(settings.scorecard_file)
+
+
+def build_worker(
+    settings: Settings, scorecard: Scorecard | None = None
+) -> tuple[Topology, Processor]:
     """Everything a worker runs, wired from one settings object."""
     top = build_topology(settings)
-    install_ingest(top)
-    install_web(top)
-
-    @top.app.task  # type: ignore[untyped-decorator]
-    async def declare_output_topics() -> None:
-        # Input topics are declared by the consumer on subscribe; outputs are
-        # declared up front so downstream consumers can subscribe before the
-        # first record is written.
-        for topic in (top.dlq, top.scores, top.bucket_changes, top.triggers):
-            await topic.maybe_declare()
-
-    return top
+    processor = install_processor(top, scorecard or worker_scorecard(settings))
+    install_web(top, processor)
+    return top, processor
 
 
-def build_worker_app(settings: Settings) -> faust.App:
-    return build_worker(settings).app
+def build_worker_app(settings: Settings, scorecard: Scorecard | None = None) -> faust.App:
+    return build_worker(settings, scorecard)[0].app

@@ -10,9 +10,10 @@ from prometheus_client import generate_latest
 
 from service import metrics
 from streams.app import Topology
+from streams.processor import Processor
 
 
-def install_web(top: Topology) -> None:
+def install_web(top: Topology, processor: Processor) -> None:
     """Register the worker's HTTP pages on the faust web server."""
     app = top.app
     accounts = top.accounts

@@ -1,0 +1,277 @@
+"""The worker's one agent: input events, forwarded events and timer ticks, in partition order.
+
+Thin by design: decoding is ``schemas.decode``, state changes and scoring are
+``service.account_state`` / ``service.scoring``; this module moves bytes,
+keeps the per-partition event-time watermark and counts outcomes.
+
+One agent reads every input topic, the internal repartition topic and the
+internal ticks topic (all co-partitioned), so an account's events and its timer
+evaluations are applied one at a time, in order, with table writes landing in
+the changelog partition of the account.
+
+Guarantees:
+- nothing raises out of the loop for bad input (faust would ack and skip it):
+  each message is applied, recognised as a duplicate / late event, forwarded
+  to its account's partition, or dead-lettered with a reason;
+- a broker failure while producing propagates and stops the worker, so the
+  uncommitted offsets are consumed again after restart; duplicates are then
+  dropped by event id (bad data versus broken infrastructure, STYLE.md item 6).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pydantic_core
+
+from schemas.decode import Rejected, decode_event
+from schemas.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from schemas.events import Event
+from service import metrics
+from service.account_state import AccountState, ApplyResult
+from service.clock import PartitionProgress, timer_as_of
+from service.dead_letter import PROCESSING_ERROR, dead_letter_headers
+from service.partitioning import account_partition
+from service.scorecard import Scorecard
+from service.scoring import Step, on_event, on_timer
+from streams.app import Topology
+
+log = logging.getLogger("vitals.processor")
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an input message was first read (before any forwarding)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Processor:
+    """Per-worker processing state that is not account state."""
+
+    top: Topology
+    scorecard: Scorecard
+    #: partition -> newest occurred_at read from it (event-time watermark).
+    watermarks: dict[int, int] = field(default_factory=dict)
+    #: (topic, partition) -> last offset processed.
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: account key -> current bucket, for the accounts-per-bucket gauge.
+    buckets: dict[bytes, str] = field(default_factory=dict)
+    #: Newest tick boundary this worker has sent.
+    last_tick: int = 0
+
+    # ------------------------------------------------------------ messages
+
+    async def handle(self, message: Any) -> None:
+        """Process one message of the agent's channel."""
+        settings = self.top.settings
+        if message.topic == settings.ticks_topic:
+            await self.on_tick(message)
+        else:
+            await self.on_input(message)
+        self.positions[(message.topic, message.partition)] = message.offset
+
+    def origin_of(self, message: Any) -> Origin:
+        if message.topic != self.top.settings.repartition_topic:
+            return Origin(message.topic, message.partition, message.offset)
+        headers = dict(message.headers or ())
+        try:
+            return Origin(
+                bytes(headers[HEADER_TOPIC]).decode(),
+                int(headers[HEADER_PARTITION]),
+                int(headers[HEADER_OFFSET]),
+            )
+        except (KeyError, ValueError):
+            # Only this worker writes the repartition topic; an unmarked
+            # record there is still dead-lettered, never dropped.
+            return Origin(message.topic, message.partition, message.offset)
+
+    async def on_input(self, message: Any) -> None:
+        settings = self.top.settings
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        origin = self.origin_of(message)
+        try:
+            event = decode_event(
+                message.value,
+                topic_kind=settings.input_topics.get(origin.topic),
+                key=message.key,
+                now_ms=now_ms,
+                max_bytes=settings.max_event_bytes,
+                max_future_ms=settings.max_future_ms,
+            )
+        except Rejected as rejected:
+            await self.dead_letter(message, origin, rejected.reason, rejected.detail)
+            return
+        key = event.account_id.encode()
+        home = account_partition(key, settings.partitions)
+        if message.partition != home:
+            await self.forward(message, origin, home)
+            return
+        try:
+            outcome, step = self.apply(key, event, message.partition, now_ms)
+        except Exception as exc:  # a bug must not cost the event: dead-letter it
+            log.exception("processing failed for %s@%s", origin.topic, origin.offset)
+            await self.dead_letter(
+                message, origin, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
+            )
+            return
+        await self.publish(key, step, started)
+        metrics.EVENTS_CONSUMED.labels(origin.topic, outcome).inc()
+        metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - event.occurred_at) / 1000))
+        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+
+    def apply(self, key: bytes, event: Event, partition: int, now_ms: int) -> tuple[str, Step]:
+        accounts = self.top.accounts
+        state: AccountState | None = accounts.get(key)
+        if state is None:
+            state = AccountState.new(event.account_id)
+        watermark = self.watermarks.get(partition)
+        step = on_event(state, event, self.scorecard, watermark=watermark, now_ms=now_ms)
+        if watermark is None or event.occurred_at > watermark:
+            self.watermarks[partition] = event.occurred_at
+        if step.result is ApplyResult.APPLIED or step.evaluation is not None:
+            accounts[key] = state  # one changelog record per processed event
+        assert step.result is not None
+        return step.result.value, step
+
+    async def on_tick(self, message: Any) -> None:
+        """Evaluate every account of the tick's partition at the tick's boundary."""
+        try:
+            as_of = int(orjson.loads(message.value)["as_of"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("ignoring malformed tick at offset %s: %r", message.offset, message.value)
+            return
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        partitions = self.top.settings.partitions
+        accounts = self.top.accounts
+        evaluated = 0
+        for key in list(accounts.keys()):
+            if account_partition(key, partitions) != message.partition:
+                continue
+            state: AccountState = accounts[key]
+            step = on_timer(state, as_of, self.scorecard, now_ms=now_ms)
+            if step.evaluation is not None:
+                accounts[key] = state
+                await self.publish(key, step, started)
+                evaluated += 1
+        log.info(
+            "tick %s on partition %d: %d accounts re-evaluated",
+            as_of,
+            message.partition,
+            evaluated,
+        )
+
+    # ------------------------------------------------------------ outputs
+
+    async def publish(self, key: bytes, step: Step, started: float) -> None:
+        top = self.top
+        for change in step.changes:
+            await top.bucket_changes.send(key=key, value=pydantic_core.to_json(change))
+            metrics.BUCKET_TRANSITIONS.labels(change.from_bucket, change.to_bucket).inc()
+        score = step.score
+        if score is None:
+            return
+        await top.scores.send(key=key, value=pydantic_core.to_json(score))
+        metrics.SCORE_UPDATES.inc()
+        metrics.SCORE_LATENCY_SECONDS.observe(time.perf_counter() - started)
+        previous = self.buckets.get(key)
+        if previous != score.bucket:
+            if previous is not None:
+                metrics.ACCOUNTS_BY_BUCKET.labels(previous).dec()
+            metrics.ACCOUNTS_BY_BUCKET.labels(score.bucket).inc()
+            self.buckets[key] = score.bucket
+
+    async def dead_letter(self, message: Any, origin: Origin, reason: str, detail: str) -> None:
+        metrics.DLQ_RECORDS.labels(reason).inc()
+        metrics.EVENTS_CONSUMED.labels(origin.topic, "dead_lettered").inc()
+        headers = dead_letter_headers(
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            reason=reason,
+            detail=detail,
+            original=message.headers,
+        )
+        await self.top.dlq.send(key=message.key, value=message.value, headers=headers)
+
+    async def forward(self, message: Any, origin: Origin, partition: int) -> None:
+        """Send an event read from the wrong partition to its account's partition."""
+        metrics.EVENTS_CONSUMED.labels(origin.topic, "repartitioned").inc()
+        kept = [
+            (name, value)
+            for name, value in (message.headers or ())
+            if name not in (HEADER_TOPIC, HEADER_PARTITION, HEADER_OFFSET)
+        ]
+        headers = [
+            *kept,
+            (HEADER_TOPIC, origin.topic.encode()),
+            (HEADER_PARTITION, str(origin.partition).encode()),
+            (HEADER_OFFSET, str(origin.offset).encode()),
+        ]
+        await self.top.repartition.send(
+            key=message.key, value=message.value, partition=partition, headers=headers
+        )
+
+    # ------------------------------------------------------------ timer
+
+    async def maybe_tick(self) -> None:
+        """Send a tick to each owned partition once the clock passes a new boundary."""
+        app = self.top.app
+        settings = self.top.settings
+        consumer = app.consumer
+        if consumer is None or app.rebalancing:
+            return
+        assignment = consumer.assignment()
+        inputs = [tp for tp in assignment if tp.topic != settings.ticks_topic]
+        tick_tps = [tp for tp in assignment if tp.topic == settings.ticks_topic]
+        if not inputs or not tick_tps:
+            return
+        highwaters = await consumer.highwaters(*inputs)
+        progress = []
+        for tp in inputs:
+            end = highwaters.get(tp) or 0
+            done = self.positions.get((tp.topic, tp.partition))
+            caught_up = end == 0 or (done is not None and done + 1 >= end)
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                max(0, end - (done + 1 if done is not None else 0))
+            )
+            progress.append(PartitionProgress(caught_up, self.watermarks.get(tp.partition)))
+        as_of = timer_as_of(int(time.time() * 1000), self.scorecard.rescore_interval_ms, progress)
+        if as_of is None or as_of <= self.last_tick:
+            return
+        for tp in tick_tps:
+            await self.top.ticks.send(
+                key=None, value=orjson.dumps({"as_of": as_of}), partition=tp.partition
+            )
+        self.last_tick = as_of
+
+
+def install_processor(top: Topology, scorecard: Scorecard) -> Processor:
+    """Attach the agent and its timer to the app; returns the processor."""
+    processor = Processor(top, scorecard)
+
+    @top.app.agent(top.inputs, concurrency=1, name="vitals-processor")
+    async def process(stream: Any) -> None:
+        async for event in stream.events():
+            await processor.handle(event.message)
+
+    @top.app.timer(top.settings.timer_interval_s)  # type: ignore[untyped-decorator]
+    async def tick() -> None:
+        await processor.maybe_tick()
+
+    @top.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # The next owner of a partition must get a tick even for a boundary
+        # this worker already announced.
+        processor.last_tick = 0
+
+    return processor
