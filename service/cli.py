@@ -35,6 +35,10 @@ def _register() -> None:
         ("service.cli_worker", "worker"),
         ("service.cli_replay", "replay"),
         ("service.cli_scorecard", "scorecard"),
+        ("service.cli_playbooks", "playbooks"),
+        ("service.cli_simulate", "simulate"),
+        ("service.cli_db", "db"),
+        ("service.cli_history", "history_sink"),
     ]:
         try:
             module = importlib.import_module(module_name)
