@@ -1,15 +1,33 @@
 """The ``vitals`` command line.
 
-Every sub-command lives in the module of its concept and is registered here.
+Every sub-command lives in the module of its concept and is loaded lazily
+from the table below, so ``vitals --help`` stays fast and a sub-command module
+may import ``CliError`` from here without a cycle.
+
 Contract: results go to stdout (JSON lines where a program reads them), logs and
 progress to stderr; an error is one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
+
+#: command name -> (module, attribute)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "kafka": ("service.cli_kafka", "kafka"),
+    "worker": ("service.cli_worker", "worker"),
+    "replay": ("service.cli_replay", "replay"),
+    "scorecard": ("service.cli_scorecard", "scorecard"),
+    "playbooks": ("service.cli_playbooks", "playbooks"),
+    "simulate": ("service.cli_simulate", "simulate"),
+    "db": ("service.cli_db", "db"),
+    "history-sink": ("service.cli_history", "history_sink"),
+    "demo": ("service.cli_demo", "demo"),
+    "bench": ("service.cli_bench", "bench"),
+}
 
 
 class CliError(click.ClickException):
@@ -19,41 +37,38 @@ class CliError(click.ClickException):
         click.echo(f"vitals: error: {self.format_message()}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # not built (yet): hide it
+                return None
+            raise
+        command: click.Command = getattr(module, attr)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vitals")
 def main() -> None:
     """vitals: real-time customer health scores on Kafka."""
 
 
-def _register() -> None:
-    """Attach sub-commands; each import is local so a missing optional part
-    never breaks the whole command line."""
-    import importlib
-
-    for module_name, attr in [
-        ("service.cli_kafka", "kafka"),
-        ("service.cli_worker", "worker"),
-        ("service.cli_replay", "replay"),
-        ("service.cli_scorecard", "scorecard"),
-        ("service.cli_playbooks", "playbooks"),
-        ("service.cli_simulate", "simulate"),
-        ("service.cli_db", "db"),
-        ("service.cli_history", "history_sink"),
-    ]:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        main.add_command(getattr(module, attr))
-
-
-_register()
-
-
 def run() -> None:
-    """Entry point that turns unexpected exceptions into one clear line."""
+    """Entry point: Ctrl-C exits 130 without a traceback."""
     try:
         main(standalone_mode=True)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from service.kafka_local import LocalKafka, free_port
+from tests.pg_fixture import history_db_url, pg_server  # noqa: F401  (shared fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,6 @@ from service.history_sink import DAY_MS, SinkStats, history_group_id, run_histor
 from service.settings import Settings
 from service.topics import ensure_topics_async
 from tests.integration.workers import Namespace
-from tests.pg_fixture import history_db_url, pg_server  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +150,7 @@ async def test_sink_stores_rows_and_a_replay_adds_none(
     kafka_bootstrap: str,
     namespace: Namespace,
     producer: AIOKafkaProducer,
-    history_db_url: str,  # noqa: F811
+    history_db_url: str,
 ) -> None:
     settings = Settings(
         bootstrap_servers=kafka_bootstrap,

@@ -53,7 +53,6 @@ from service.history_sink import (
     should_store,
 )
 from service.settings import Settings
-from tests.pg_fixture import history_db_url, pg_server  # noqa: F401
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 SETTINGS = Settings(topic_prefix="vitals.")
@@ -155,7 +154,7 @@ async def stored_scores(engine: AsyncEngine, account: str) -> list[tuple[int, fl
 
 
 @pytest.fixture
-async def engine(history_db_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
+async def engine(history_db_url: str) -> AsyncIterator[AsyncEngine]:
     await migrate(history_db_url)
     engine = create_engine(history_db_url)
     try:
@@ -173,7 +172,7 @@ def _diff(connection: Any) -> list[Any]:
     return list(compare_metadata(context, Base.metadata))
 
 
-async def test_migrate_is_idempotent_and_matches_the_models(history_db_url: str) -> None:  # noqa: F811
+async def test_migrate_is_idempotent_and_matches_the_models(history_db_url: str) -> None:
     engine = create_engine(history_db_url)
     try:
         assert await current_revision(engine) is None
