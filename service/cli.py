@@ -11,6 +11,7 @@ progress to stderr; an error is one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -65,6 +66,9 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="vitals")
 def main() -> None:
     """vitals: real-time customer health scores on Kafka."""
+    # Client libraries log connection retries as errors; a command reports
+    # the failure itself in one line. `vitals worker` turns them back on.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def run() -> None:

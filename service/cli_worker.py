@@ -27,7 +27,11 @@ def worker(
     Runs until interrupted (Ctrl-C or SIGTERM), then stops cleanly. All
     settings come from VITALS_* environment variables; options override them.
     """
+    import logging
+
     import faust
+
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)
     from pydantic import ValidationError
 
     from service.settings import load_settings
@@ -63,6 +67,8 @@ def worker(
     except TopicError as exc:
         raise CliError(str(exc)) from exc
 
+    # faust creates only the last folder of its data dir.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_worker_app(settings, scorecard)
     # Results belong on stdout; faust's banner and logs go to stderr.
     faust.Worker(

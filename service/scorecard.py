@@ -1,0 +1,725 @@
+"""Scorecards: the YAML format, its validation and the resolved per-profile view.
+
+A scorecard says which metrics count, how each is normalised to 0-100, how
+they are weighted (in groups), how a score maps to a bucket (with
+hysteresis) and a grade, which gates cap the bucket, what happens when data
+is missing, and how all of that differs per lifecycle stage or segment
+(profiles). docs/scorecard.md documents the format with the shipped
+``service/scorecards/default.yaml`` as the example.
+
+Loading validates everything, including cross-references (every weighted or
+gated metric is defined, every source exists in
+:data:`service.metrics_catalog.CATALOG` with valid parameters). A problem is
+one :class:`ScorecardError` whose text is ``FILE: path.to.field: reason``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from service.metrics_catalog import CATALOG, Extractor, ParamsError, build_extractor
+
+__all__ = [
+    "BUCKETS",
+    "BUCKET_RANK",
+    "STAGES",
+    "AllOf",
+    "AnyOf",
+    "Band",
+    "BucketName",
+    "Buckets",
+    "Compare",
+    "Condition",
+    "Gate",
+    "Grades",
+    "Group",
+    "MetricDef",
+    "MissingData",
+    "Normalisation",
+    "NotOf",
+    "Profile",
+    "ProfileWhen",
+    "ResolvedProfile",
+    "Scorecard",
+    "ScorecardError",
+    "condition_metrics",
+    "default_scorecard",
+    "load_scorecard",
+    "parse_scorecard",
+]
+
+BucketName = Literal["green", "yellow", "red"]
+#: Buckets from best to worst.
+BUCKETS: Final[tuple[BucketName, ...]] = ("green", "yellow", "red")
+#: Higher is healthier; ``min`` of ranks is the stricter bucket.
+BUCKET_RANK: Final[dict[str, int]] = {"red": 0, "yellow": 1, "green": 2}
+#: Lifecycle stages of DESIGN.md.
+STAGES: Final = ("onboarding", "adoption", "maturity", "renewal")
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+Score = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Stage = Literal["onboarding", "adoption", "maturity", "renewal"]
+
+
+class ScorecardError(Exception):
+    """An invalid scorecard: ``source`` (file), dotted ``path`` inside it, ``reason``."""
+
+    def __init__(self, source: str, path: str, reason: str) -> None:
+        super().__init__(source, path, reason)
+        self.source = source
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.path}: {self.reason}"
+
+
+class _RefError(Exception):
+    # Raised inside validation for cross-reference problems; not a ValueError,
+    # so pydantic lets it through with our own precise path.
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------- normalisation
+
+
+class Band(_Model):
+    """Values from ``from`` (inclusive) up to the next band's ``from`` score ``score``."""
+
+    from_: Finite | None = Field(default=None, alias="from")
+    score: Score
+
+
+class Normalisation(_Model):
+    """Metric value -> 0-100: linear from ``poor`` (0) to ``good`` (100), or bands.
+
+    Linear clamps outside the range and works both ways: ``poor > good``
+    means lower is better. Bands: the first band has no ``from`` (it covers
+    everything below the second), the others have strictly increasing ``from``.
+    """
+
+    poor: Finite | None = None
+    good: Finite | None = None
+    bands: list[Band] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Normalisation:
+        linear = self.poor is not None or self.good is not None
+        if linear and self.bands is not None:
+            raise ValueError("give either poor/good (linear) or bands, not both")
+        if self.bands is None:
+            if self.poor is None or self.good is None:
+                raise ValueError("linear normalisation needs both poor and good (or use bands)")
+            if self.poor == self.good:
+                raise ValueError("poor and good must differ")
+            return self
+        if not self.bands:
+            raise ValueError("bands must not be empty")
+        if self.bands[0].from_ is not None:
+            raise ValueError("the first band must not have 'from' (it covers the lowest values)")
+        previous: float | None = None
+        for i, band in enumerate(self.bands[1:], start=1):
+            if band.from_ is None:
+                raise ValueError(f"band {i} needs 'from'")
+            if previous is not None and band.from_ <= previous:
+                raise ValueError(f"band {i}: 'from' must be greater than the previous band's")
+            previous = band.from_
+        return self
+
+    def apply(self, value: float) -> float:
+        """The 0-100 score of ``value``."""
+        return self.compile()(value)
+
+    def compile(self) -> Callable[[float], float]:
+        """A plain function equivalent to :meth:`apply` (scoring's hot path)."""
+        if self.bands is not None:
+            first = self.bands[0].score
+            steps = tuple((band.from_, band.score) for band in self.bands[1:])
+
+            def banded(value: float) -> float:
+                score = first
+                for start, band_score in steps:
+                    assert start is not None
+                    if value < start:
+                        break
+                    score = band_score
+                return score
+
+            return banded
+        assert self.poor is not None and self.good is not None
+        poor, span = self.poor, self.good - self.poor
+
+        def linear(value: float) -> float:
+            t = (value - poor) / span
+            return 0.0 if t <= 0 else 100.0 if t >= 1 else 100.0 * t
+
+        return linear
+
+
+class MetricDef(_Model):
+    """A scorecard metric: a catalogue source with parameters and a normalisation."""
+
+    source: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    normalise: Normalisation
+    description: str = ""
+
+    def source_name(self, metric: str) -> str:
+        return self.source or metric
+
+
+class Group(_Model):
+    """Metrics weighted inside a group; groups are weighted against each other."""
+
+    weight: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    metrics: Annotated[dict[str, Weight], Field(min_length=1)]
+
+
+# ---------------------------------------------------------------- conditions
+
+
+class Compare(_Model):
+    """``metric op value``; unknown (``None``) when the metric is missing."""
+
+    metric: str
+    op: Literal["<", "<=", ">", ">=", "==", "!="]
+    value: Finite
+
+
+class AllOf(_Model):
+    """True when every condition is true (false if any is false, else unknown)."""
+
+    all: Annotated[list[Condition], Field(min_length=1)]
+
+
+class AnyOf(_Model):
+    """True when some condition is true (false if all are false, else unknown)."""
+
+    any: Annotated[list[Condition], Field(min_length=1)]
+
+
+class NotOf(_Model):
+    """Negation; unknown stays unknown."""
+
+    not_: Condition = Field(alias="not")
+
+
+_TAG: Final = "cond:"
+
+
+def _condition_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in ("all", "any", "not"):
+            if key in value:
+                return _TAG + key
+        return _TAG + "compare"
+    if isinstance(value, AllOf):
+        return _TAG + "all"
+    if isinstance(value, AnyOf):
+        return _TAG + "any"
+    if isinstance(value, NotOf):
+        return _TAG + "not"
+    return _TAG + "compare"
+
+
+Condition = Annotated[
+    Annotated[Compare, Tag(_TAG + "compare")]
+    | Annotated[AllOf, Tag(_TAG + "all")]
+    | Annotated[AnyOf, Tag(_TAG + "any")]
+    | Annotated[NotOf, Tag(_TAG + "not")],
+    Discriminator(_condition_kind),
+]
+
+AllOf.model_rebuild()
+AnyOf.model_rebuild()
+NotOf.model_rebuild()
+
+
+def condition_metrics(cond: Compare | AllOf | AnyOf | NotOf) -> Iterator[str]:
+    """Every metric a condition reads, in order of appearance."""
+    if isinstance(cond, Compare):
+        yield cond.metric
+    elif isinstance(cond, AllOf):
+        for sub in cond.all:
+            yield from condition_metrics(sub)
+    elif isinstance(cond, AnyOf):
+        for sub in cond.any:
+            yield from condition_metrics(sub)
+    else:
+        yield from condition_metrics(cond.not_)
+
+
+class Gate(_Model):
+    """A rule that caps the bucket.
+
+    ``when: COND`` caps when COND is true; ``unless: COND`` caps when COND is
+    not true (a requirement for the better buckets). ``on_unknown`` says what
+    an unknown condition (a missing metric) does: the default is ``skip`` for
+    ``when`` (no evidence of the risk) and ``fire`` for ``unless`` (the
+    requirement is not shown to hold). ``release`` is the gate's hysteresis:
+    once the gate fired, it keeps capping until ``release`` is true (not
+    merely until its own condition stops holding), so a metric wobbling
+    around the gate's threshold does not flap the bucket.
+    """
+
+    name: Name
+    reason: str = ""
+    when: Condition | None = None
+    unless: Condition | None = None
+    release: Condition | None = None
+    cap: Literal["yellow", "red"]
+    on_unknown: Literal["fire", "skip"] | None = None
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> Gate:
+        if (self.when is None) == (self.unless is None):
+            raise ValueError("a gate needs exactly one of 'when' or 'unless'")
+        return self
+
+    @property
+    def condition(self) -> Compare | AllOf | AnyOf | NotOf:
+        cond = self.when if self.when is not None else self.unless
+        assert cond is not None
+        return cond
+
+    @property
+    def fires_on_unknown(self) -> bool:
+        if self.on_unknown is not None:
+            return self.on_unknown == "fire"
+        return self.unless is not None
+
+
+# ----------------------------------------------------- buckets, grades, policy
+
+
+class Buckets(_Model):
+    """Score thresholds: green at or above ``green``, yellow at or above ``yellow``.
+
+    ``hysteresis`` (points): leaving a bucket needs the score to cross the
+    threshold by this margin, so a score wobbling around a threshold does not
+    flap. The first score of an account uses the plain thresholds.
+    """
+
+    green: Score
+    yellow: Score
+    hysteresis: Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)] = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Buckets:
+        if not self.yellow < self.green:
+            raise ValueError("yellow must be below green")
+        if self.green + self.hysteresis > 100 or self.yellow - self.hysteresis < 0:
+            raise ValueError("hysteresis pushes a threshold outside 0-100")
+        return self
+
+
+class Grades(_Model):
+    """Minimum score of each grade; below ``D`` is ``F``."""
+
+    A: Score = 85
+    B: Score = 70
+    C: Score = 55
+    D: Score = 40
+
+    @model_validator(mode="after")
+    def _decreasing(self) -> Grades:
+        if not self.A > self.B > self.C > self.D:
+            raise ValueError("grade thresholds must decrease strictly from A to D")
+        return self
+
+    def grade(self, score: float) -> Literal["A", "B", "C", "D", "F"]:
+        if score >= self.A:
+            return "A"
+        if score >= self.B:
+            return "B"
+        if score >= self.C:
+            return "C"
+        if score >= self.D:
+            return "D"
+        return "F"
+
+
+class MissingData(_Model):
+    """What happens when metrics are unknown.
+
+    Weights of unknown metrics are always redistributed (within their group,
+    and across groups when a whole group is unknown). If the known metrics
+    carry less than ``min_weight_share`` of the profile's total weight, the
+    score is ``low_confidence`` and ``on_low_confidence`` decides the bucket:
+    ``flag`` -- computed as usual, only flagged; ``cap`` -- at most
+    ``cap_bucket``; ``hold`` -- the previous bucket is kept (the first score
+    of an account is computed and flagged).
+    """
+
+    min_weight_share: Annotated[float, Field(ge=0, le=1)] = 0.6
+    on_low_confidence: Literal["flag", "cap", "hold"] = "cap"
+    cap_bucket: Literal["yellow", "red"] = "yellow"
+
+
+# ------------------------------------------------------------------ profiles
+
+
+class ProfileWhen(_Model):
+    """Which accounts a profile applies to; both lists given = both must match."""
+
+    stages: Annotated[list[Stage], Field(min_length=1)] | None = None
+    segments: Annotated[list[NonEmpty], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ProfileWhen:
+        if self.stages is None and self.segments is None:
+            raise ValueError("give stages and/or segments")
+        return self
+
+    def matches(self, stage: str | None, segment: str | None) -> bool:
+        if self.stages is not None and stage not in self.stages:
+            return False
+        return self.segments is None or segment in self.segments
+
+
+class Profile(_Model):
+    """Overrides for matching accounts. ``groups``, ``buckets``, ``grades``,
+    ``gates`` and ``missing_data`` replace the default's; ``normalise`` is
+    merged per metric."""
+
+    name: Name
+    description: str = ""
+    when: ProfileWhen
+    groups: Annotated[dict[str, Group], Field(min_length=1)] | None = None
+    normalise: dict[str, Normalisation] | None = None
+    buckets: Buckets | None = None
+    grades: Grades | None = None
+    gates: list[Gate] | None = None
+    missing_data: MissingData | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile with the default filled in: what scoring actually uses.
+
+    ``groups`` is ``((group, weight, ((metric, weight), ...)), ...)`` with
+    zero weights dropped; ``metrics`` lists every metric to evaluate
+    (weighted ones first, then gate-only ones).
+    """
+
+    name: str
+    groups: tuple[tuple[str, float, tuple[tuple[str, float], ...]], ...]
+    normalise: Mapping[str, Normalisation]
+    buckets: Buckets
+    grades: Grades
+    gates: tuple[Gate, ...]
+    missing_data: MissingData
+    metrics: tuple[str, ...]
+    #: ``(metric, extractor)`` for every metric in ``metrics``, same order.
+    extractors: tuple[tuple[str, Extractor], ...]
+    #: metric -> compiled ``normalise`` (value -> 0-100).
+    scorers: Mapping[str, Callable[[float], float]]
+
+
+def _version(value: Any) -> Any:
+    # YAML reads `version: 3` as an int and `version: 2024.1` as a float;
+    # both are versions. (Quote versions such as "1.10" that YAML would
+    # shorten to 1.1.)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+class Scorecard(_Model):
+    """A whole scorecard file. The top level is the ``default`` profile."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+    version: Annotated[
+        Annotated[str, StringConstraints(min_length=1, max_length=32)],
+        BeforeValidator(_version),
+    ]
+    description: str = ""
+    #: Timer cadence on the event-time clock (see docs/scorecard.md, "Rescoring").
+    rescore_interval_minutes: Annotated[int, Field(ge=1, le=1440)] = 60
+    metrics: Annotated[dict[str, MetricDef], Field(min_length=1)]
+    groups: Annotated[dict[str, Group], Field(min_length=1)]
+    buckets: Buckets
+    grades: Grades = Grades()
+    gates: list[Gate] = Field(default_factory=list)
+    missing_data: MissingData = MissingData()
+    profiles: list[Profile] = Field(default_factory=list)
+
+    _extractors: dict[str, Extractor] = PrivateAttr(default_factory=dict)
+    _resolved: list[tuple[ProfileWhen | None, ResolvedProfile]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Scorecard:
+        if 1440 % self.rescore_interval_minutes:
+            raise _RefError("rescore_interval_minutes", "must divide a day (1440 minutes)")
+        for metric, definition in self.metrics.items():
+            if not _is_name(metric):
+                raise _RefError(f"metrics.{metric}", "metric names are lower_snake_case")
+            source = definition.source_name(metric)
+            if source not in CATALOG:
+                where = "source" if definition.source else ""
+                raise _RefError(
+                    _join("metrics", metric, where),
+                    f"unknown metric source {source!r} (known: {', '.join(sorted(CATALOG))})",
+                )
+            try:
+                self._extractors[metric] = build_extractor(source, definition.params)
+            except ParamsError as exc:
+                raise _RefError(_join("metrics", metric, "params", exc.field), exc.reason) from None
+        self._check_profile("", self.groups, None, self.gates)
+        names: set[str] = set()
+        for i, profile in enumerate(self.profiles):
+            if profile.name == "default" or profile.name in names:
+                raise _RefError(f"profiles.{i}.name", f"duplicate profile name {profile.name!r}")
+            names.add(profile.name)
+            self._check_profile(f"profiles.{i}.", profile.groups, profile.normalise, profile.gates)
+        self._resolve()
+        return self
+
+    def _check_profile(
+        self,
+        prefix: str,
+        groups: Mapping[str, Group] | None,
+        normalise: Mapping[str, Normalisation] | None,
+        gates: list[Gate] | None,
+    ) -> None:
+        if groups is not None:
+            seen: dict[str, str] = {}
+            total = 0.0
+            for group, spec in groups.items():
+                for metric, weight in spec.metrics.items():
+                    path = f"{prefix}groups.{group}.metrics.{metric}"
+                    if metric not in self.metrics:
+                        raise _RefError(path, f"unknown metric {metric!r} (define it in metrics)")
+                    if metric in seen:
+                        raise _RefError(path, f"metric already weighted in group {seen[metric]!r}")
+                    seen[metric] = group
+                    total += weight
+            if total <= 0:
+                raise _RefError(f"{prefix}groups", "at least one metric needs a weight above 0")
+        for metric in normalise or {}:
+            if metric not in self.metrics:
+                raise _RefError(f"{prefix}normalise.{metric}", f"unknown metric {metric!r}")
+        for i, gate in enumerate(gates or []):
+            parts = [("when" if gate.when is not None else "unless", gate.condition)]
+            if gate.release is not None:
+                parts.append(("release", gate.release))
+            for part, cond in parts:
+                for metric in condition_metrics(cond):
+                    if metric not in self.metrics:
+                        raise _RefError(
+                            f"{prefix}gates.{i}.{part}",
+                            f"unknown metric {metric!r} (define it in metrics)",
+                        )
+
+    def _resolve(self) -> None:
+        base = self._build(
+            "default", self.groups, {}, self.buckets, self.grades, self.gates, self.missing_data
+        )
+        resolved: list[tuple[ProfileWhen | None, ResolvedProfile]] = []
+        for profile in self.profiles:
+            resolved.append(
+                (
+                    profile.when,
+                    self._build(
+                        profile.name,
+                        profile.groups if profile.groups is not None else self.groups,
+                        profile.normalise or {},
+                        profile.buckets or self.buckets,
+                        profile.grades or self.grades,
+                        profile.gates if profile.gates is not None else self.gates,
+                        profile.missing_data or self.missing_data,
+                    ),
+                )
+            )
+        resolved.append((None, base))
+        self._resolved = resolved
+
+    def _build(
+        self,
+        name: str,
+        groups: Mapping[str, Group],
+        normalise: Mapping[str, Normalisation],
+        buckets: Buckets,
+        grades: Grades,
+        gates: list[Gate],
+        missing_data: MissingData,
+    ) -> ResolvedProfile:
+        weighted = tuple(
+            (
+                group,
+                spec.weight,
+                tuple((metric, w) for metric, w in spec.metrics.items() if w > 0),
+            )
+            for group, spec in groups.items()
+        )
+        weighted = tuple(g for g in weighted if g[2])
+        order = [metric for _, _, members in weighted for metric, _ in members]
+        for gate in gates:
+            order.extend(condition_metrics(gate.condition))
+            if gate.release is not None:
+                order.extend(condition_metrics(gate.release))
+        merged = {m: normalise.get(m, self.metrics[m].normalise) for m in self.metrics}
+        return ResolvedProfile(
+            name=name,
+            groups=weighted,
+            normalise=merged,
+            buckets=buckets,
+            grades=grades,
+            gates=tuple(gates),
+            missing_data=missing_data,
+            metrics=tuple(dict.fromkeys(order)),
+            extractors=tuple((m, self._extractors[m]) for m in dict.fromkeys(order)),
+            scorers={m: n.compile() for m, n in merged.items()},
+        )
+
+    # ------------------------------------------------------------------ use
+
+    def profile_for(self, stage: str | None, segment: str | None) -> ResolvedProfile:
+        """The first profile (in file order) whose ``when`` matches, else the default."""
+        for when, profile in self._resolved:
+            if when is None or when.matches(stage, segment):
+                return profile
+        raise AssertionError("the default profile always matches")  # pragma: no cover
+
+    @property
+    def resolved_profiles(self) -> list[ResolvedProfile]:
+        """Every resolved profile, the default last."""
+        return [profile for _, profile in self._resolved]
+
+    def extractor(self, metric: str) -> Extractor:
+        """The bound extractor of a defined metric."""
+        return self._extractors[metric]
+
+    @property
+    def rescore_interval_ms(self) -> int:
+        return self.rescore_interval_minutes * 60_000
+
+    def summary(self, source: str) -> dict[str, Any]:
+        """One JSON-ready line describing a valid scorecard (``scorecard check``)."""
+        return {
+            "ok": True,
+            "file": source,
+            "name": self.name,
+            "version": self.version,
+            "metrics": len(self.metrics),
+            "groups": sorted(self.groups),
+            "gates": len(self.gates),
+            "profiles": [p.name for p in self.profiles],
+            "rescore_interval_minutes": self.rescore_interval_minutes,
+        }
+
+
+_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _is_name(text: str) -> bool:
+    return _NAME_RE.fullmatch(text) is not None
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+# ------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (a silent override is a classic typo)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _error_path(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(_TAG)]
+    return ".".join(parts) or "(root)"
+
+
+def _error_reason(message: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    return " ".join(message.split())
+
+
+def parse_scorecard(text: str, source: str = "<string>") -> Scorecard:
+    """Parse and validate scorecard YAML; raises :class:`ScorecardError`."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        raise ScorecardError(source, "(yaml)", f"{where}{' '.join(str(problem).split())}") from None
+    if not isinstance(data, dict):
+        raise ScorecardError(source, "(root)", "a scorecard must be a YAML mapping")
+    try:
+        return Scorecard.model_validate(data)
+    except _RefError as exc:
+        raise ScorecardError(source, exc.path, exc.reason) from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ScorecardError(source, _error_path(err["loc"]), _error_reason(err["msg"])) from None
+
+
+def load_scorecard(path: str | Path) -> Scorecard:
+    """Read and validate a scorecard file; raises :class:`ScorecardError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ScorecardError(source, "(file)", reason) from None
+    return parse_scorecard(text, source)
+
+
+@functools.cache
+def default_scorecard() -> Scorecard:
+    """The scorecard shipped in ``service/scorecards/default.yaml``."""
+    resource = importlib.resources.files("service.scorecards") / "default.yaml"
+    return parse_scorecard(resource.read_text(encoding="utf-8"), "service/scorecards/default.yaml")

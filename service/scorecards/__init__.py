@@ -1,0 +1,1 @@
+"""Scorecard YAML files shipped with vitals (package data; ``default.yaml``)."""
