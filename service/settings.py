@@ -85,8 +85,23 @@ class Settings(BaseSettings):
     )
     history_daily_snapshot: bool = True
 
+    # --- HTTP API ---------------------------------------------------------
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token required by POST endpoints (POST is refused when unset)."
+    )
+    api_read_token_required: bool = Field(
+        False, description="Also require the token for GET endpoints (not /healthz, /readyz)."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
+    red_share_target: float = Field(
+        0.05, ge=0, le=1, description="Portfolio target: share of accounts in red."
+    )
+
     # --- Worker -----------------------------------------------------------
-    web_host: str = "127.0.0.1"
+    web_bind: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
+    web_host: str = Field(
+        "127.0.0.1", description="Host name other workers use to reach this one."
+    )
     web_port: int = Field(6066, ge=0, le=65535)
     data_dir: Path = Field(Path("var/worker"), description="Worker-local files.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -119,6 +134,11 @@ class Settings(BaseSettings):
     def input_topics(self) -> dict[str, str]:
         """Topic name -> topic kind, for every input topic."""
         return {self.input_topic(kind): kind for kind in INPUT_TOPIC_KINDS}
+
+    @property
+    def canonical_url(self) -> str:
+        """URL other workers use to reach this worker's HTTP server."""
+        return f"http://{self.web_host}:{self.web_port}"
 
     @property
     def dlq_topic(self) -> str:

@@ -92,6 +92,8 @@ def build_topology(settings: Settings) -> Topology:
         processing_guarantee="at_least_once",
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        canonical_url=settings.canonical_url,
         web_enabled=True,
         datadir=str(settings.data_dir),
         producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576) + 65_536,

@@ -36,6 +36,7 @@ from service.account_state import AccountState, ApplyResult
 from service.clock import PartitionProgress, timer_as_of
 from service.dead_letter import PROCESSING_ERROR, dead_letter_headers
 from service.partitioning import account_partition
+from service.portfolio import AccountSummary
 from service.scorecard import Scorecard
 from service.scoring import Step, on_event, on_timer
 from streams.app import Topology
@@ -62,8 +63,8 @@ class Processor:
     watermarks: dict[int, int] = field(default_factory=dict)
     #: (topic, partition) -> last offset processed.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: account key -> current bucket, for the accounts-per-bucket gauge.
-    buckets: dict[bytes, str] = field(default_factory=dict)
+    #: account key -> latest published summary (portfolio, accounts-per-bucket gauge).
+    summaries: dict[bytes, AccountSummary] = field(default_factory=dict)
     #: Newest tick boundary this worker has sent.
     last_tick: int = 0
 
@@ -123,7 +124,7 @@ class Processor:
                 message, origin, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
             )
             return
-        await self.publish(key, step, started)
+        await self.publish(key, step, started, self.top.accounts[key])
         metrics.EVENTS_CONSUMED.labels(origin.topic, outcome).inc()
         metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - event.occurred_at) / 1000))
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
@@ -161,7 +162,7 @@ class Processor:
             step = on_timer(state, as_of, self.scorecard, now_ms=now_ms)
             if step.evaluation is not None:
                 accounts[key] = state
-                await self.publish(key, step, started)
+                await self.publish(key, step, started, state)
                 evaluated += 1
         log.info(
             "tick %s on partition %d: %d accounts re-evaluated",
@@ -172,7 +173,7 @@ class Processor:
 
     # ------------------------------------------------------------ outputs
 
-    async def publish(self, key: bytes, step: Step, started: float) -> None:
+    async def publish(self, key: bytes, step: Step, started: float, state: AccountState) -> None:
         top = self.top
         for change in step.changes:
             await top.bucket_changes.send(key=key, value=pydantic_core.to_json(change))
@@ -183,12 +184,19 @@ class Processor:
         await top.scores.send(key=key, value=pydantic_core.to_json(score))
         metrics.SCORE_UPDATES.inc()
         metrics.SCORE_LATENCY_SECONDS.observe(time.perf_counter() - started)
-        previous = self.buckets.get(key)
-        if previous != score.bucket:
+        previous = self.summaries.get(key)
+        if previous is None or previous.bucket != score.bucket:
             if previous is not None:
-                metrics.ACCOUNTS_BY_BUCKET.labels(previous).dec()
+                metrics.ACCOUNTS_BY_BUCKET.labels(previous.bucket).dec()
             metrics.ACCOUNTS_BY_BUCKET.labels(score.bucket).inc()
-            self.buckets[key] = score.bucket
+        arr = state.snapshot.get("arr")
+        self.summaries[key] = AccountSummary(
+            state.account_id,
+            score.bucket,
+            score.score,
+            score.trend.delta_7d,
+            float(arr[0]) if arr else None,
+        )
 
     async def dead_letter(self, message: Any, origin: Origin, reason: str, detail: str) -> None:
         metrics.DLQ_RECORDS.labels(reason).inc()
@@ -231,16 +239,23 @@ class Processor:
         if consumer is None or app.rebalancing:
             return
         assignment = consumer.assignment()
-        inputs = [tp for tp in assignment if tp.topic != settings.ticks_topic]
+        # The assignment also holds the changelog partitions faust reads for
+        # recovery: only the topics this agent processes count for the clock.
+        sources = set(settings.input_topics) | {settings.repartition_topic}
+        inputs = [tp for tp in assignment if tp.topic in sources]
         tick_tps = [tp for tp in assignment if tp.topic == settings.ticks_topic]
         if not inputs or not tick_tps:
             return
-        highwaters = await consumer.highwaters(*inputs)
         progress = []
         for tp in inputs:
-            end = highwaters.get(tp) or 0
+            # The end offset as of the last fetch response (None before the
+            # first): cheap, and never ahead of what the consumer can see.
+            highwater = consumer.highwater(tp)
+            end = 0 if highwater is None else int(highwater)
             done = self.positions.get((tp.topic, tp.partition))
-            caught_up = end == 0 or (done is not None and done + 1 >= end)
+            caught_up = highwater is not None and (
+                end == 0 or (done is not None and done + 1 >= end)
+            )
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                 max(0, end - (done + 1 if done is not None else 0))
             )

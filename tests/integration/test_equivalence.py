@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ACCOUNTS = 500
 EVENTS = 50_000
-HOUR = 3_600_000
+TICK = default_scorecard().rescore_interval_ms
 
 
 def history(end_ms: int) -> list[Any]:
@@ -79,7 +79,7 @@ async def test_stream_and_replay_agree(
     namespace: Namespace, worker_factory: Any, producer: AIOKafkaProducer, kafka_bootstrap: str
 ) -> None:
     now = int(time.time() * 1000)
-    events = history(end_ms=now - now % HOUR - HOUR)
+    events = history(end_ms=now - now % TICK - 3_600_000)
     worker = worker_factory(namespace, extra_env={"VITALS_TIMER_INTERVAL_S": "0.5"})
     await asyncio.to_thread(worker.wait_ready)
     assert {e.topic_kind for e in events} <= set(INPUT_TOPIC_KINDS)
@@ -96,7 +96,7 @@ async def test_stream_and_replay_agree(
             await scores.poll()
             await changes.poll()
             wall = int(time.time() * 1000)
-            boundary = wall - wall % HOUR
+            boundary = wall - wall % TICK
             at_boundary = [
                 s for s in scores.latest.values() if parse_timestamp(s["as_of"]) == boundary
             ]
