@@ -54,13 +54,15 @@ def worker(
             f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from exc
 
+    from service.playbooks import PlaybookError
     from service.scorecard import ScorecardError
     from service.topics import TopicError, ensure_topics
-    from streams.topology import build_worker_app, worker_scorecard
+    from streams.topology import build_worker_app, worker_playbooks, worker_scorecard
 
     try:
         scorecard = worker_scorecard(settings)
-    except (ScorecardError, OSError) as exc:
+        worker_playbooks(settings, scorecard)  # validate before connecting anywhere
+    except (ScorecardError, PlaybookError, OSError) as exc:
         raise CliError(str(exc)) from exc
     try:
         ensure_topics(settings)

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     timer_interval_s: float = Field(
         10.0, gt=0, description="How often the worker checks for a new tick boundary."
     )
+    clock_idle_s: float = Field(
+        30.0,
+        ge=0,
+        description="A fully read partition follows the wall clock after this long without input.",
+    )
 
     # --- Playbooks ----------------------------------------------------------
     playbooks_file: Path | None = Field(
@@ -99,9 +104,7 @@ class Settings(BaseSettings):
 
     # --- Worker -----------------------------------------------------------
     web_bind: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
-    web_host: str = Field(
-        "127.0.0.1", description="Host name other workers use to reach this one."
-    )
+    web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one.")
     web_port: int = Field(6066, ge=0, le=65535)
     data_dir: Path = Field(Path("var/worker"), description="Worker-local files.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -36,9 +36,11 @@ from service.account_state import AccountState, ApplyResult
 from service.clock import PartitionProgress, timer_as_of
 from service.dead_letter import PROCESSING_ERROR, dead_letter_headers
 from service.partitioning import account_partition
+from service.playbooks import PlaybookMemory, PlaybookSet, evaluate, metric_values_for
 from service.portfolio import AccountSummary
 from service.scorecard import Scorecard
 from service.scoring import Step, on_event, on_timer
+from service.webhook import WebhookDispatcher
 from streams.app import Topology
 
 log = logging.getLogger("vitals.processor")
@@ -59,6 +61,8 @@ class Processor:
 
     top: Topology
     scorecard: Scorecard
+    playbooks: PlaybookSet | None = None
+    dispatcher: WebhookDispatcher | None = None
     #: partition -> newest occurred_at read from it (event-time watermark).
     watermarks: dict[int, int] = field(default_factory=dict)
     #: (topic, partition) -> last offset processed.
@@ -67,6 +71,9 @@ class Processor:
     summaries: dict[bytes, AccountSummary] = field(default_factory=dict)
     #: Newest tick boundary this worker has sent.
     last_tick: int = 0
+    #: (topic, partition) -> monotonic time of the last message read from it.
+    last_read: dict[tuple[str, int], float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
     # ------------------------------------------------------------ messages
 
@@ -78,6 +85,7 @@ class Processor:
         else:
             await self.on_input(message)
         self.positions[(message.topic, message.partition)] = message.offset
+        self.last_read[(message.topic, message.partition)] = time.monotonic()
 
     def origin_of(self, message: Any) -> Origin:
         if message.topic != self.top.settings.repartition_topic:
@@ -117,19 +125,21 @@ class Processor:
             await self.forward(message, origin, home)
             return
         try:
-            outcome, step = self.apply(key, event, message.partition, now_ms)
+            outcome, step, triggers = self.apply(key, event, message.partition, now_ms)
         except Exception as exc:  # a bug must not cost the event: dead-letter it
             log.exception("processing failed for %s@%s", origin.topic, origin.offset)
             await self.dead_letter(
                 message, origin, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
             )
             return
-        await self.publish(key, step, started, self.top.accounts[key])
+        await self.publish(key, step, started, self.top.accounts[key], triggers)
         metrics.EVENTS_CONSUMED.labels(origin.topic, outcome).inc()
         metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - event.occurred_at) / 1000))
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
-    def apply(self, key: bytes, event: Event, partition: int, now_ms: int) -> tuple[str, Step]:
+    def apply(
+        self, key: bytes, event: Event, partition: int, now_ms: int
+    ) -> tuple[str, Step, list[dict[str, Any]]]:
         accounts = self.top.accounts
         state: AccountState | None = accounts.get(key)
         if state is None:
@@ -138,10 +148,33 @@ class Processor:
         step = on_event(state, event, self.scorecard, watermark=watermark, now_ms=now_ms)
         if watermark is None or event.occurred_at > watermark:
             self.watermarks[partition] = event.occurred_at
+        triggers = self.decide_playbooks(state, step)
         if step.result is ApplyResult.APPLIED or step.evaluation is not None:
             accounts[key] = state  # one changelog record per processed event
         assert step.result is not None
-        return step.result.value, step
+        return step.result.value, step, triggers
+
+    def decide_playbooks(self, state: AccountState, step: Step) -> list[dict[str, Any]]:
+        """Playbook triggers of this step; the playbook memory (cooldowns, edges)
+        is kept in the account state so it lands in the same changelog record."""
+        evaluation = step.evaluation
+        if evaluation is None or self.playbooks is None or step.score is None:
+            return []
+        memory = PlaybookMemory.from_dict(state.playbooks)
+        values = metric_values_for(
+            self.playbooks, self.scorecard, state, evaluation.as_of, evaluation.values
+        )
+        triggers = evaluate(
+            self.playbooks,
+            account_id=state.account_id,
+            score=step.score,
+            change=step.changes,
+            metric_values=values,
+            memory=memory,
+            as_of_ms=evaluation.as_of,
+        )
+        state.playbooks = memory.to_dict() or None
+        return triggers
 
     async def on_tick(self, message: Any) -> None:
         """Evaluate every account of the tick's partition at the tick's boundary."""
@@ -161,8 +194,9 @@ class Processor:
             state: AccountState = accounts[key]
             step = on_timer(state, as_of, self.scorecard, now_ms=now_ms)
             if step.evaluation is not None:
+                triggers = self.decide_playbooks(state, step)
                 accounts[key] = state
-                await self.publish(key, step, started, state)
+                await self.publish(key, step, started, state, triggers)
                 evaluated += 1
         log.info(
             "tick %s on partition %d: %d accounts re-evaluated",
@@ -173,7 +207,14 @@ class Processor:
 
     # ------------------------------------------------------------ outputs
 
-    async def publish(self, key: bytes, step: Step, started: float, state: AccountState) -> None:
+    async def publish(
+        self,
+        key: bytes,
+        step: Step,
+        started: float,
+        state: AccountState,
+        triggers: list[dict[str, Any]],
+    ) -> None:
         top = self.top
         for change in step.changes:
             await top.bucket_changes.send(key=key, value=pydantic_core.to_json(change))
@@ -182,6 +223,12 @@ class Processor:
         if score is None:
             return
         await top.scores.send(key=key, value=pydantic_core.to_json(score))
+        for trigger in triggers:
+            await top.triggers.send(key=key, value=orjson.dumps(trigger))
+            metrics.PLAYBOOK_TRIGGERS.labels(trigger["playbook"]).inc()
+            if self.dispatcher is not None:
+                # Never blocks: a full queue is counted as a failed delivery.
+                self.dispatcher.submit(trigger)
         metrics.SCORE_UPDATES.inc()
         metrics.SCORE_LATENCY_SECONDS.observe(time.perf_counter() - started)
         previous = self.summaries.get(key)
@@ -247,14 +294,21 @@ class Processor:
         if not inputs or not tick_tps:
             return
         progress = []
+        now = time.monotonic()
         for tp in inputs:
             # The end offset as of the last fetch response (None before the
             # first): cheap, and never ahead of what the consumer can see.
             highwater = consumer.highwater(tp)
             end = 0 if highwater is None else int(highwater)
             done = self.positions.get((tp.topic, tp.partition))
-            caught_up = highwater is not None and (
-                end == 0 or (done is not None and done + 1 >= end)
+            # "Nothing left to read" only means "live" once the partition has
+            # also been quiet for a while: a backfill producer slower than this
+            # worker must not let the wall clock run ahead of its events.
+            quiet = now - self.last_read.get((tp.topic, tp.partition), self.started)
+            caught_up = (
+                highwater is not None
+                and (end == 0 or (done is not None and done + 1 >= end))
+                and quiet >= settings.clock_idle_s
             )
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                 max(0, end - (done + 1 if done is not None else 0))
@@ -270,9 +324,24 @@ class Processor:
         self.last_tick = as_of
 
 
-def install_processor(top: Topology, scorecard: Scorecard) -> Processor:
-    """Attach the agent and its timer to the app; returns the processor."""
-    processor = Processor(top, scorecard)
+def install_processor(
+    top: Topology,
+    scorecard: Scorecard,
+    playbooks: PlaybookSet | None = None,
+    dispatcher: WebhookDispatcher | None = None,
+) -> Processor:
+    """Attach the agent, its timer and the webhook dispatcher to the app."""
+    processor = Processor(top, scorecard, playbooks, dispatcher)
+
+    if dispatcher is not None:
+
+        @top.app.task  # type: ignore[untyped-decorator]
+        async def start_dispatcher() -> None:
+            await dispatcher.start()
+
+        @top.app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def stop_dispatcher(app: Any, **kwargs: Any) -> None:
+            await dispatcher.stop(drain_timeout=10)
 
     @top.app.agent(top.inputs, concurrency=1, name="vitals-processor")
     async def process(stream: Any) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import faust
 
+from service.playbooks import PlaybookSet, default_playbooks, load_playbooks
 from service.scorecard import Scorecard, default_scorecard, load_scorecard
 from service.settings import Settings
+from service.webhook import dispatcher_from_settings
 from streams.app import Topology, build_topology
 from streams.processor import Processor, install_processor
 from streams.web import install_web
@@ -18,12 +20,26 @@ def worker_scorecard(settings: Settings) -> Scorecard:
     return load_scorecard(settings.scorecard_file)
 
 
+def worker_playbooks(settings: Settings, scorecard: Scorecard) -> PlaybookSet:
+    """The playbooks this worker runs, checked against the scorecard's metrics."""
+    book = (
+        default_playbooks()
+        if settings.playbooks_file is None
+        else load_playbooks(settings.playbooks_file)
+    )
+    book.check_metrics(scorecard)
+    return book
+
+
 def build_worker(
     settings: Settings, scorecard: Scorecard | None = None
 ) -> tuple[Topology, Processor]:
     """Everything a worker runs, wired from one settings object."""
     top = build_topology(settings)
-    processor = install_processor(top, scorecard or worker_scorecard(settings))
+    card = scorecard or worker_scorecard(settings)
+    processor = install_processor(
+        top, card, worker_playbooks(settings, card), dispatcher_from_settings(settings)
+    )
     install_web(top, processor)
     return top, processor
 

@@ -131,10 +131,16 @@ def install_web(top: Topology, processor: Processor) -> None:
     async def readyz(web: View, request: Request) -> Response:
         # Ready = this worker owns partitions, is not rebalancing, and its
         # tables have been recovered from their changelogs.
-        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        assignment = app.consumer.assignment() if app.consumer else set()
+        owned = sorted(tp.partition for tp in assignment if tp.topic == settings.ticks_topic)
         recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        ready = assigned > 0 and not app.rebalancing and recovered
-        body = {"ready": ready, "assigned_partitions": assigned, "recovered": recovered}
+        ready = bool(assignment) and not app.rebalancing and recovered
+        body = {
+            "ready": ready,
+            "assigned_partitions": len(assignment),
+            "account_partitions": owned,
+            "recovered": recovered,
+        }
         return web.json(body, status=200 if ready else 503)
 
     @app.page("/openapi.json")
