@@ -63,8 +63,8 @@ class Processor:
     scorecard: Scorecard
     playbooks: PlaybookSet | None = None
     dispatcher: WebhookDispatcher | None = None
-    #: partition -> newest occurred_at read from it (event-time watermark).
-    watermarks: dict[int, int] = field(default_factory=dict)
+    #: (topic, partition) -> newest occurred_at read from it.
+    watermarks: dict[tuple[str, int], int] = field(default_factory=dict)
     #: (topic, partition) -> last offset processed.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: account key -> latest published summary (portfolio, accounts-per-bucket gauge).
@@ -125,7 +125,9 @@ class Processor:
             await self.forward(message, origin, home)
             return
         try:
-            outcome, step, triggers = self.apply(key, event, message.partition, now_ms)
+            outcome, step, triggers = self.apply(
+                key, event, message.topic, message.partition, now_ms
+            )
         except Exception as exc:  # a bug must not cost the event: dead-letter it
             log.exception("processing failed for %s@%s", origin.topic, origin.offset)
             await self.dead_letter(
@@ -138,16 +140,21 @@ class Processor:
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
     def apply(
-        self, key: bytes, event: Event, partition: int, now_ms: int
+        self, key: bytes, event: Event, topic: str, partition: int, now_ms: int
     ) -> tuple[str, Step, list[dict[str, Any]]]:
         accounts = self.top.accounts
         state: AccountState | None = accounts.get(key)
         if state is None:
             state = AccountState.new(event.account_id)
-        watermark = self.watermarks.get(partition)
-        step = on_event(state, event, self.scorecard, watermark=watermark, now_ms=now_ms)
-        if watermark is None or event.occurred_at > watermark:
-            self.watermarks[partition] = event.occurred_at
+        # Ticks before an event run up to the event's own time only: the six
+        # input topics are read at different speeds, so the newest time seen on
+        # one of them says nothing about events still unread on another. Ticks
+        # past that wait for the timer, whose clock is the slowest topic's.
+        step = on_event(state, event, self.scorecard, watermark=None, now_ms=now_ms)
+        source = (topic, partition)
+        newest = self.watermarks.get(source)
+        if newest is None or event.occurred_at > newest:
+            self.watermarks[source] = event.occurred_at
         triggers = self.decide_playbooks(state, step)
         if step.result is ApplyResult.APPLIED or step.evaluation is not None:
             accounts[key] = state  # one changelog record per processed event
@@ -313,7 +320,9 @@ class Processor:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                 max(0, end - (done + 1 if done is not None else 0))
             )
-            progress.append(PartitionProgress(caught_up, self.watermarks.get(tp.partition)))
+            progress.append(
+                PartitionProgress(caught_up, self.watermarks.get((tp.topic, tp.partition)))
+            )
         as_of = timer_as_of(int(time.time() * 1000), self.scorecard.rescore_interval_ms, progress)
         if as_of is None or as_of <= self.last_tick:
             return

@@ -123,6 +123,20 @@ async def test_stream_and_replay_agree(
         for account in by_account
         if comparable(streamed[account]) != comparable(by_account[account])
     ]
+    fields = sorted(
+        {
+            key
+            for account in mismatched
+            for key in by_account[account]
+            if key != "computed_at" and streamed[account].get(key) != by_account[account][key]
+        }
+    )
+    stream_ids = {change["change_id"] for change in changes.all}
+    replay_ids = {change.change_id for change in expected.changes}
+    print(
+        f"EQUIVALENCE: {len(mismatched)} accounts differ in {fields}; changes "
+        f"stream={len(stream_ids)} replay={len(replay_ids)} common={len(stream_ids & replay_ids)}"
+    )
     assert not mismatched, (
         f"{len(mismatched)} accounts differ, e.g. {mismatched[0]}: "
         f"stream={comparable(streamed[mismatched[0]])} "
