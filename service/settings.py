@@ -71,9 +71,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often the worker checks for a new tick boundary."
     )
     clock_idle_s: float = Field(
-        30.0,
+        2.0,
         ge=0,
-        description="A fully read partition follows the wall clock after this long without input.",
+        description=(
+            "A fully read topic-partition stops holding back event-time order (and the"
+            " rescoring clock) after this long without input."
+        ),
     )
 
     # --- Playbooks ----------------------------------------------------------

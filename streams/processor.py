@@ -9,6 +9,14 @@ internal ticks topic (all co-partitioned), so an account's events and its timer
 evaluations are applied one at a time, in order, with table writes landing in
 the changelog partition of the account.
 
+Event-time order: the input topics are read at different speeds, so one
+account's events from two topics can be read out of order. Valid events wait
+in a per-partition buffer and are applied in ``occurred_at`` order once every
+source topic-partition of that partition has been read past them (or has had
+nothing to read for ``VITALS_CLOCK_IDLE_S``): the same order ``vitals replay``
+applies them in. A buffered message is acknowledged only once applied, so
+faust never commits past it.
+
 Guarantees:
 - nothing raises out of the loop for bad input (faust would ack and skip it):
   each message is applied, recognised as a duplicate / late event, forwarded
@@ -20,7 +28,9 @@ Guarantees:
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +65,17 @@ class Origin:
     offset: int
 
 
+@dataclass(slots=True)
+class Pending:
+    """A buffered item: a valid event waiting for its turn, or a timer tick."""
+
+    event: Any  # the faust event, acknowledged once the item is applied
+    decoded: Event | None
+    as_of: int | None
+    origin: Origin | None = None
+    started: float = 0.0
+
+
 @dataclass
 class Processor:
     """Per-worker processing state that is not account state."""
@@ -74,18 +95,90 @@ class Processor:
     #: (topic, partition) -> monotonic time of the last message read from it.
     last_read: dict[tuple[str, int], float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    #: partition -> heap of (event time, arrival number, pending item).
+    buffers: dict[int, list[tuple[int, int, Pending]]] = field(default_factory=dict)
+    arrivals: int = 0
 
     # ------------------------------------------------------------ messages
 
-    async def handle(self, message: Any) -> None:
-        """Process one message of the agent's channel."""
+    async def handle(self, event: Any) -> None:
+        """Process one faust event of the agent's channel (acks are manual)."""
+        message = event.message
         settings = self.top.settings
-        if message.topic == settings.ticks_topic:
-            await self.on_tick(message)
-        else:
-            await self.on_input(message)
         self.positions[(message.topic, message.partition)] = message.offset
         self.last_read[(message.topic, message.partition)] = time.monotonic()
+        if message.topic == settings.ticks_topic:
+            try:
+                as_of = orjson.loads(message.value)["as_of"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.error("ignoring malformed tick at offset %s", message.offset)
+                as_of = None
+            if isinstance(as_of, int):
+                self.push(message.partition, as_of, Pending(event, None, as_of))
+            else:  # a flush marker: only releases what is due
+                event.ack()
+        else:
+            await self.on_input(event)
+        await self.release(message.partition)
+
+    def push(self, partition: int, at: int, item: Pending) -> None:
+        self.arrivals += 1
+        heapq.heappush(self.buffers.setdefault(partition, []), (at, self.arrivals, item))
+
+    def safe_time(self, partition: int) -> float | None:
+        """Event time up to which partition ``partition`` can be applied in order.
+
+        The minimum over its source topic-partitions of the newest event time
+        read from each; one with nothing left to read that has been quiet for
+        ``clock_idle_s`` does not hold the others back. ``inf`` when all are
+        quiet, None when one has not shown any event time yet.
+        """
+        app = self.top.app
+        settings = self.top.settings
+        consumer = app.consumer
+        if consumer is None:
+            return None
+        sources = set(settings.input_topics) | {settings.repartition_topic}
+        now = time.monotonic()
+        safe: float = math.inf
+        for tp in consumer.assignment():
+            if tp.partition != partition or tp.topic not in sources:
+                continue
+            source = (tp.topic, tp.partition)
+            highwater = consumer.highwater(tp)
+            done = self.positions.get(source)
+            drained = highwater is not None and (
+                int(highwater) == 0 or (done is not None and done + 1 >= int(highwater))
+            )
+            quiet = now - self.last_read.get(source, self.started)
+            if drained and quiet >= settings.clock_idle_s:
+                continue
+            newest = self.watermarks.get(source)
+            if newest is None:
+                return None
+            safe = min(safe, newest)
+        return safe
+
+    async def release(self, partition: int) -> None:
+        """Apply the buffered items of a partition that are due, oldest first."""
+        heap = self.buffers.get(partition)
+        if not heap:
+            return
+        safe = self.safe_time(partition)
+        if safe is None:
+            return
+        while heap and heap[0][0] <= safe:
+            _, _, item = heapq.heappop(heap)
+            if item.decoded is None:
+                assert item.as_of is not None
+                await self.on_tick(item.event.message, item.as_of)
+            else:
+                await self.apply_event(item)
+            item.event.ack()
+
+    async def flush_all(self) -> None:
+        for partition in list(self.buffers):
+            await self.release(partition)
 
     def origin_of(self, message: Any) -> Origin:
         if message.topic != self.top.settings.repartition_topic:
@@ -102,13 +195,14 @@ class Processor:
             # record there is still dead-lettered, never dropped.
             return Origin(message.topic, message.partition, message.offset)
 
-    async def on_input(self, message: Any) -> None:
+    async def on_input(self, event: Any) -> None:
+        """Decode; dead-letter or forward at once, buffer valid events."""
+        message = event.message
         settings = self.top.settings
-        started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         origin = self.origin_of(message)
         try:
-            event = decode_event(
+            decoded = decode_event(
                 message.value,
                 topic_kind=settings.input_topics.get(origin.topic),
                 key=message.key,
@@ -118,43 +212,51 @@ class Processor:
             )
         except Rejected as rejected:
             await self.dead_letter(message, origin, rejected.reason, rejected.detail)
+            event.ack()
             return
-        key = event.account_id.encode()
+        key = decoded.account_id.encode()
         home = account_partition(key, settings.partitions)
         if message.partition != home:
             await self.forward(message, origin, home)
+            event.ack()
             return
+        source = (message.topic, message.partition)
+        newest = self.watermarks.get(source)
+        if newest is None or decoded.occurred_at > newest:
+            self.watermarks[source] = decoded.occurred_at
+        item = Pending(event, decoded, None, origin, time.perf_counter())
+        self.push(message.partition, decoded.occurred_at, item)
+
+    async def apply_event(self, item: Pending) -> None:
+        message = item.event.message
+        origin = item.origin
+        decoded = item.decoded
+        assert decoded is not None and origin is not None
+        now_ms = int(time.time() * 1000)
+        key = decoded.account_id.encode()
         try:
-            outcome, step, triggers = self.apply(
-                key, event, message.topic, message.partition, now_ms
-            )
+            outcome, step, triggers = self.apply(key, decoded, now_ms)
         except Exception as exc:  # a bug must not cost the event: dead-letter it
             log.exception("processing failed for %s@%s", origin.topic, origin.offset)
             await self.dead_letter(
                 message, origin, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
             )
             return
-        await self.publish(key, step, started, self.top.accounts[key], triggers)
+        await self.publish(key, step, item.started, self.top.accounts[key], triggers)
         metrics.EVENTS_CONSUMED.labels(origin.topic, outcome).inc()
-        metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - event.occurred_at) / 1000))
-        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+        metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - decoded.occurred_at) / 1000))
+        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - item.started)
 
     def apply(
-        self, key: bytes, event: Event, topic: str, partition: int, now_ms: int
+        self, key: bytes, event: Event, now_ms: int
     ) -> tuple[str, Step, list[dict[str, Any]]]:
         accounts = self.top.accounts
         state: AccountState | None = accounts.get(key)
         if state is None:
             state = AccountState.new(event.account_id)
-        # Ticks before an event run up to the event's own time only: the six
-        # input topics are read at different speeds, so the newest time seen on
-        # one of them says nothing about events still unread on another. Ticks
-        # past that wait for the timer, whose clock is the slowest topic's.
+        # Events are applied in event-time order, so ticks up to the event's
+        # own time are exactly the ones replay runs before it.
         step = on_event(state, event, self.scorecard, watermark=None, now_ms=now_ms)
-        source = (topic, partition)
-        newest = self.watermarks.get(source)
-        if newest is None or event.occurred_at > newest:
-            self.watermarks[source] = event.occurred_at
         triggers = self.decide_playbooks(state, step)
         if step.result is ApplyResult.APPLIED or step.evaluation is not None:
             accounts[key] = state  # one changelog record per processed event
@@ -183,13 +285,8 @@ class Processor:
         state.playbooks = memory.to_dict() or None
         return triggers
 
-    async def on_tick(self, message: Any) -> None:
+    async def on_tick(self, message: Any, as_of: int) -> None:
         """Evaluate every account of the tick's partition at the tick's boundary."""
-        try:
-            as_of = int(orjson.loads(message.value)["as_of"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.error("ignoring malformed tick at offset %s: %r", message.offset, message.value)
-            return
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         partitions = self.top.settings.partitions
@@ -325,6 +422,13 @@ class Processor:
             )
         as_of = timer_as_of(int(time.time() * 1000), self.scorecard.rescore_interval_ms, progress)
         if as_of is None or as_of <= self.last_tick:
+            # Nothing new to evaluate; still wake partitions whose buffered
+            # events wait on a topic that has gone quiet.
+            for tp in tick_tps:
+                if self.buffers.get(tp.partition):
+                    await self.top.ticks.send(
+                        key=None, value=b'{"as_of": null}', partition=tp.partition
+                    )
             return
         for tp in tick_tps:
             await self.top.ticks.send(
@@ -354,8 +458,9 @@ def install_processor(
 
     @top.app.agent(top.inputs, concurrency=1, name="vitals-processor")
     async def process(stream: Any) -> None:
-        async for event in stream.events():
-            await processor.handle(event.message)
+        # Acks are manual: a buffered event is acknowledged once applied.
+        async for event in stream.noack().events():
+            await processor.handle(event)
 
     @top.app.timer(top.settings.timer_interval_s)  # type: ignore[untyped-decorator]
     async def tick() -> None:
@@ -366,5 +471,8 @@ def install_processor(
         # The next owner of a partition must get a tick even for a boundary
         # this worker already announced.
         processor.last_tick = 0
+        # Unacknowledged buffered events are read again by the next owner.
+        for tp in revoked:
+            processor.buffers.pop(tp.partition, None)
 
     return processor
