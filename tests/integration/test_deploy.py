@@ -344,7 +344,8 @@ def test_compose_services_and_worker_settings() -> None:
         assert worker["command"] == ["worker"]
         assert "build" in worker
         assert env["VITALS_BOOTSTRAP_SERVERS"] == "kafka:9092"
-        assert env["VITALS_WEB_HOST"] == "0.0.0.0"
+        assert env["VITALS_WEB_BIND"] == "0.0.0.0", "listen on the container's interfaces"
+        assert env["VITALS_WEB_HOST"] == name, "announce a name the other worker can reach"
         assert env["VITALS_PARTITIONS"] == "8"
         assert env["VITALS_DATABASE_URL"] == (
             "postgresql+asyncpg://vitals:vitals@postgres:5432/vitals"
