@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}playbooks.triggers"
 
     @property
+    def changelog_topic(self) -> str:
+        """Internal: the account-state table's changelog (named the way faust names it)."""
+        return f"{self.app_id}-accounts-changelog"
+
+    @property
     def repartition_topic(self) -> str:
         """Internal: input events found on the wrong partition, forwarded to the right one."""
         return f"{self.topic_prefix}internal.repartition"

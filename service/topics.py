@@ -43,6 +43,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.triggers_topic, copartitioned=False),
         TopicSpec(settings.repartition_topic, dict(large)),
         TopicSpec(settings.ticks_topic),
+        # The state table's changelog: created here, before the worker's
+        # consumer starts, so its partition count is known from the first event.
+        TopicSpec(settings.changelog_topic, {"cleanup.policy": "compact"}),
     ]
     return specs
 

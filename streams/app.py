@@ -144,7 +144,7 @@ def build_topology(settings: Settings) -> Topology:
         # faust derives a changelog's value codec from the table's value type
         # (JSON otherwise), so the changelog topic is declared here with ours.
         changelog_topic=app.topic(
-            f"{settings.app_id}-accounts-changelog",
+            settings.changelog_topic,
             key_type=bytes,
             key_serializer="raw",
             value_serializer="vitals_state",

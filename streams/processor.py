@@ -235,33 +235,36 @@ class Processor:
         now_ms = int(time.time() * 1000)
         key = decoded.account_id.encode()
         try:
-            outcome, step, triggers = self.apply(key, decoded, now_ms)
-        except Exception as exc:  # a bug must not cost the event: dead-letter it
+            state, step, triggers = self.apply(key, decoded, now_ms)
+        except Exception as exc:  # a bug in the pure model must not cost the event
             log.exception("processing failed for %s@%s", origin.topic, origin.offset)
             await self.dead_letter(
                 message, origin, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
             )
             return
-        await self.publish(key, step, item.started, self.top.accounts[key], triggers)
+        assert step.result is not None
+        outcome = step.result.value
+        if step.result is ApplyResult.APPLIED or step.evaluation is not None:
+            # Outside the try: a table or broker failure is infrastructure, not
+            # bad data, and stops the worker (the event is read again later).
+            self.top.accounts[key] = state  # one changelog record per event
+        await self.publish(key, step, item.started, state, triggers)
         metrics.EVENTS_CONSUMED.labels(origin.topic, outcome).inc()
         metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - decoded.occurred_at) / 1000))
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - item.started)
 
     def apply(
         self, key: bytes, event: Event, now_ms: int
-    ) -> tuple[str, Step, list[dict[str, Any]]]:
-        accounts = self.top.accounts
-        state: AccountState | None = accounts.get(key)
+    ) -> tuple[AccountState, Step, list[dict[str, Any]]]:
+        """The pure part: the account's new state, its cadence step and triggers."""
+        state: AccountState | None = self.top.accounts.get(key)
         if state is None:
             state = AccountState.new(event.account_id)
         # Events are applied in event-time order, so ticks up to the event's
         # own time are exactly the ones replay runs before it.
         step = on_event(state, event, self.scorecard, watermark=None, now_ms=now_ms)
         triggers = self.decide_playbooks(state, step)
-        if step.result is ApplyResult.APPLIED or step.evaluation is not None:
-            accounts[key] = state  # one changelog record per processed event
-        assert step.result is not None
-        return step.result.value, step, triggers
+        return state, step, triggers
 
     def decide_playbooks(self, state: AccountState, step: Step) -> list[dict[str, Any]]:
         """Playbook triggers of this step; the playbook memory (cooldowns, edges)
@@ -460,7 +463,15 @@ def install_processor(
     async def process(stream: Any) -> None:
         # Acks are manual: a buffered event is acknowledged once applied.
         async for event in stream.noack().events():
-            await processor.handle(event)
+            try:
+                await processor.handle(event)
+            except Exception as exc:
+                # Broken infrastructure (broker, table): stop the worker so it
+                # is restarted and reads the unacknowledged events again,
+                # rather than going on with a hole in its state.
+                log.critical("stopping the worker: %s", exc, exc_info=True)
+                await top.app.crash(exc)
+                raise
 
     @top.app.timer(top.settings.timer_interval_s)  # type: ignore[untyped-decorator]
     async def tick() -> None:

@@ -282,7 +282,7 @@ def install_web(top: Topology, processor: Processor) -> None:
         every error, with nothing produced, otherwise.
         """
         body = await read_body(web, request)
-        if isinstance(body, Response):
+        if not isinstance(body, bytes):
             return body
         try:
             items = parse_events_body(body, request.headers.get("Content-Type", ""))
@@ -310,7 +310,7 @@ def install_web(top: Topology, processor: Processor) -> None:
     async def post_pulse(web: View, request: Request, account_id: str) -> Response:
         """A CSM's manual read of the account, onto the engagement topic."""
         body = await read_body(web, request)
-        if isinstance(body, Response):
+        if not isinstance(body, bytes):
             return body
         try:
             parsed = orjson.loads(body) if body.strip() else None
