@@ -171,6 +171,8 @@ def _enum_values(schema: Any) -> set[Any]:
         if "const" in schema:
             found.add(schema["const"])
         found.update(schema.get("enum", ()))
+        if schema.get("type") == "null":  # pydantic writes `X | None` as anyOf [.., null]
+            found.add(None)
         for key in ("anyOf", "oneOf"):
             for sub in schema.get(key, ()):
                 found |= _enum_values(sub)
