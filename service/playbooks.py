@@ -73,6 +73,7 @@ from service.scoring import evaluate_condition
 
 if TYPE_CHECKING:
     from service.account_state import AccountState
+    from service.scoring import Step
 
 __all__ = [
     "DEFAULT_PLAYBOOKS_RESOURCE",
@@ -726,3 +727,40 @@ def metric_values_for(
         value = scorecard.extractor(metric)(state, as_of_ms)
         values[metric] = None if value is None else round(float(value), 4)
     return values
+
+
+def playbooks_for_step(
+    playbooks: PlaybookSet,
+    scorecard: Scorecard,
+    state: AccountState,
+    step: Step,
+    *,
+    count_suppressed: bool = True,
+) -> list[dict[str, Any]]:
+    """The triggers of one cadence step, the way the stream and replay both run them.
+
+    The playbook memory (cooldowns, edge states) lives in ``state.playbooks`` so
+    that it is saved with the account state; it is read and written back here.
+    ``count_suppressed`` adds held-back triggers to ``PLAYBOOK_SUPPRESSED`` (the
+    worker does; replay does not touch metrics).
+    """
+    evaluation = step.evaluation
+    score = step.score
+    if evaluation is None or score is None:
+        return []
+    memory = PlaybookMemory.from_dict(state.playbooks)
+    values = metric_values_for(playbooks, scorecard, state, evaluation.as_of, evaluation.values)
+    decision = decide(
+        playbooks,
+        account_id=state.account_id,
+        score=score,
+        change=step.changes,
+        metric_values=values,
+        memory=memory,
+        as_of_ms=evaluation.as_of,
+    )
+    if count_suppressed:
+        for held in decision.suppressed:
+            PLAYBOOK_SUPPRESSED.labels(held.playbook).inc()
+    state.playbooks = memory.to_dict() or None
+    return decision.triggers

@@ -46,7 +46,7 @@ from service.account_state import AccountState, ApplyResult
 from service.clock import PartitionProgress, timer_as_of
 from service.dead_letter import PROCESSING_ERROR, dead_letter_headers
 from service.partitioning import account_partition
-from service.playbooks import PlaybookMemory, PlaybookSet, evaluate, metric_values_for
+from service.playbooks import PlaybookSet, playbooks_for_step
 from service.portfolio import AccountSummary
 from service.scorecard import Scorecard
 from service.scoring import Step, on_event, on_timer
@@ -267,26 +267,10 @@ class Processor:
         return state, step, triggers
 
     def decide_playbooks(self, state: AccountState, step: Step) -> list[dict[str, Any]]:
-        """Playbook triggers of this step; the playbook memory (cooldowns, edges)
-        is kept in the account state so it lands in the same changelog record."""
-        evaluation = step.evaluation
-        if evaluation is None or self.playbooks is None or step.score is None:
+        """Playbook triggers of this step (memory kept in the account state)."""
+        if self.playbooks is None:
             return []
-        memory = PlaybookMemory.from_dict(state.playbooks)
-        values = metric_values_for(
-            self.playbooks, self.scorecard, state, evaluation.as_of, evaluation.values
-        )
-        triggers = evaluate(
-            self.playbooks,
-            account_id=state.account_id,
-            score=step.score,
-            change=step.changes,
-            metric_values=values,
-            memory=memory,
-            as_of_ms=evaluation.as_of,
-        )
-        state.playbooks = memory.to_dict() or None
-        return triggers
+        return playbooks_for_step(self.playbooks, self.scorecard, state, step)
 
     async def on_tick(self, message: Any, as_of: int) -> None:
         """Evaluate every account of the tick's partition at the tick's boundary."""
