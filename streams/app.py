@@ -98,6 +98,9 @@ def build_topology(settings: Settings) -> Topology:
         datadir=str(settings.data_dir),
         producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576) + 65_536,
         consumer_auto_offset_reset="earliest",
+        # Without a linger faust sends about one produce request per three
+        # records (the profile in docs/benchmark.md); a few ms batches them.
+        producer_linger_ms=5,
         # A record larger than the per-partition fetch size is still returned
         # whole by Kafka >= 0.10.1, so no fetch-size change is needed for big values.
         key_serializer="raw",
