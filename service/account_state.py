@@ -23,16 +23,26 @@ Guarantees (documented in docs/scorecard.md, "State"):
   events since the last commit, far fewer than 64 per account in practice.
 * **Bounded.** Windows keep :data:`RETAIN_DAYS` days before the account's
   clock (latest event or last rescore time); user, feature, ticket, KPI and
-  milestone maps are capped (see the ``MAX_*`` constants). Serialised, a
-  20-user account after 90 days of daily use is about 4.3 KB; once silent for
-  90 days (empty windows) about 2.1 KB: scalars, the dedup ids, 31 days of
-  score history and the components at bucket entry.
+  milestone maps are capped (see the ``MAX_*`` constants). Serialised
+  (format 2), the 20-user account of ``python -m service.bench_scoring``
+  after 90 days of daily use is about 4.9 KB (200 users: 12 KB); once silent
+  for 91 days (empty windows) about 1.9 KB: scalars, the dedup ids (0.7 KB,
+  base64: the densest JSON-safe encoding at C speed), 31 days of score
+  history and the components at bucket entry.
+
+Apart from the serialised fields the state holds transient data, rebuilt
+from them when needed: running totals inside the windows, the key-feature
+adoption indexes (:meth:`AccountState.adoption_index`), the serialised form
+of unchanged parts, and for scoring the parts changed since it last looked
+(``changed``, ``changed_since``, ``removed_before``: see the ``PART_*``
+bits) and its cached metric values.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
+import math
 from collections.abc import Callable
 from hashlib import blake2b
 from typing import Any, Final
@@ -53,7 +63,17 @@ from schemas.events import (
     SupportTicketEvent,
     SurveyEvent,
 )
-from service.windows import DAY_MS, Count, DailyWindow, LastSeen, Mean, MeanAcc, Sum, day_of
+from service.windows import (
+    DAY_MS,
+    Count,
+    DailyWindow,
+    DayIndex,
+    LastSeen,
+    Mean,
+    MeanAcc,
+    Sum,
+    day_of,
+)
 
 __all__ = [
     "DEDUP_IDS",
@@ -66,6 +86,24 @@ __all__ = [
     "MAX_MILESTONES",
     "MAX_TICKETS",
     "MAX_USERS",
+    "NOTHING_REMOVED",
+    "PARTS",
+    "PART_ACTIVE_DAYS",
+    "PART_ACTIVITY",
+    "PART_CONTRACTS",
+    "PART_CSM",
+    "PART_EVENTS",
+    "PART_FEATURES",
+    "PART_INVOICE",
+    "PART_KPIS",
+    "PART_LOGINS",
+    "PART_LOGIN_DAYS",
+    "PART_MILESTONES",
+    "PART_PULSE",
+    "PART_SNAPSHOT",
+    "PART_SURVEYS",
+    "PART_TICKETS",
+    "PART_USERS",
     "RETAIN_DAYS",
     "STATE_FORMAT",
     "AccountState",
@@ -94,10 +132,50 @@ MAX_TICKETS: Final = 200
 MAX_KPIS: Final = 20
 #: Milestone names kept (new names beyond it are ignored).
 MAX_MILESTONES: Final = 50
-#: Version of the serialised form (``to_dict``'s ``"v"``).
-STATE_FORMAT: Final = 1
+#: Version of the serialised form (``to_dict``'s ``"v"``). Version 2 packs
+#: the counts, snapshot, score history, baseline and gates more tightly;
+#: version 1 is still read.
+STATE_FORMAT: Final = 2
+_FORMATS: Final = (1, 2)
 
 _PULSE_REASON_MAX: Final = 200
+
+# Parts of the state, as bits: ``apply`` and ``compact`` record in
+# ``AccountState.changed`` which parts they changed, and each metric source
+# declares the parts it reads (``service.metrics_catalog``), so scoring
+# recomputes after an event only the metrics that can have moved.
+#: ``first_event_at``.
+PART_EVENTS: Final = 1 << 0
+#: ``users`` and ``user_features``.
+PART_USERS: Final = 1 << 1
+#: ``logins`` (counts).
+PART_LOGINS: Final = 1 << 2
+#: ``activity`` (counts).
+PART_ACTIVITY: Final = 1 << 3
+PART_FEATURES: Final = 1 << 4
+#: ``tickets``, ``tickets_opened``, ``escalations``, ``resolution_hours`` and
+#: the ticket CSAT in ``csat``.
+PART_TICKETS: Final = 1 << 5
+#: ``nps`` and the survey CSAT in ``csat``.
+PART_SURVEYS: Final = 1 << 6
+#: ``csm_touches`` and ``last_csm_touch_at``.
+PART_CSM: Final = 1 << 7
+PART_PULSE: Final = 1 << 8
+PART_MILESTONES: Final = 1 << 9
+PART_SNAPSHOT: Final = 1 << 10
+PART_KPIS: Final = 1 << 11
+PART_CONTRACTS: Final = 1 << 12
+PART_INVOICE: Final = 1 << 13
+#: The days ``logins`` has a bucket for.
+PART_LOGIN_DAYS: Final = 1 << 14
+#: The days ``activity`` has a bucket for, and the day of ``last_activity_at``.
+PART_ACTIVE_DAYS: Final = 1 << 15
+#: Every part.
+PARTS: Final = (1 << 16) - 1
+#: No lower bound yet (empty).
+_NO_DAY: Final = 1 << 62
+#: ``AccountState.removed_before`` when compaction removed nothing.
+NOTHING_REMOVED: Final = -(1 << 62)
 _SUM: Final = Sum()
 _COUNT: Final = Count()
 _MEAN: Final = Mean()
@@ -174,12 +252,21 @@ class AccountState:
     """
 
     __slots__ = (
+        "_adoption",
+        "_baseline_dump",
+        "_data_low",
         "_memo",
+        "_scoring",
+        "_tickets_dump",
+        "_tickets_low",
+        "_uf_low",
         "_version",
         "account_id",
         "activity",
         "baseline",
         "bucket",
+        "changed",
+        "changed_since",
         "contracts",
         "counts",
         "csat",
@@ -199,8 +286,10 @@ class AccountState:
         "logins",
         "milestones",
         "nps",
+        "playbooks",
         "pruned_day",
         "pulse",
+        "removed_before",
         "resolution_hours",
         "score",
         "score_history",
@@ -272,9 +361,31 @@ class AccountState:
         self.gates: list[str] = []
         #: Day of the reference time of the last prune.
         self.pruned_day = -1
+        #: Memory of the playbook engine (``service.playbooks``), opaque here.
+        self.playbooks: dict[str, Any] | None = None
         # transient: never serialised
         self._version = 0
+        #: Parts (``PART_*`` bits) changed since scoring last cleared them, the
+        #: earliest day of those changes (-1: any day), and the day before
+        #: which compaction removed data (``NOTHING_REMOVED``: none).
+        self.changed = PARTS
+        self.changed_since = -1
+        self.removed_before = NOTHING_REMOVED
         self._memo: Any = None
+        #: Scoring's per-metric cache (``service.scoring``).
+        self._scoring: Any = None
+        #: Key features -> users by adoption day (see :meth:`adoption_index`).
+        self._adoption: dict[tuple[str, ...], DayIndex] | None = None
+        #: Lower bounds of the days in ``user_features`` / the ``status_at`` of
+        #: ``tickets``, so compaction skips them when nothing is old enough.
+        self._uf_low = _NO_DAY
+        self._tickets_low = _NO_DAY
+        #: to_dict's form of ``tickets`` (None: rebuild) and of ``baseline``
+        #: (with the dict it was made from), kept between calls.
+        self._tickets_dump: dict[str, list[Any]] | None = None
+        self._baseline_dump: tuple[dict[str, tuple[float | None, float]], Any] | None = None
+        #: A day at or before every day held by any part compaction prunes.
+        self._data_low = _NO_DAY
 
     @classmethod
     def new(cls, account_id: str) -> AccountState:
@@ -308,9 +419,16 @@ class AccountState:
         first = self.first_event_at
         if first is None or at < first:
             self.first_event_at = at
+            self.changed |= PART_EVENTS
         day = at // DAY_MS
         kind = event.type
-        _HANDLERS[kind](self, event, day)
+        handler, parts = _HANDLERS[kind]
+        self.changed |= parts
+        if day < self.changed_since:
+            self.changed_since = day
+        if day < self._data_low:
+            self._data_low = day
+        handler(self, event, day)
         counts = self.counts
         counts[kind] = counts.get(kind, 0) + 1
         self._version += 1
@@ -320,27 +438,46 @@ class AccountState:
         return ApplyResult.APPLIED
 
     def _touch_user(self, user_id: str, day: int, at: int) -> None:
-        for gone in self.users.touch(user_id, day):
-            self.user_features.pop(gone, None)
+        users = self.users
+        old = users.days.get(user_id)
+        if old is None or day > old:
+            self.changed |= PART_USERS
+            indexed = self._adoption
+            for gone in users.touch(user_id, day):
+                self.user_features.pop(gone, None)
+                if indexed:
+                    self._reindex(gone)
+            if indexed:
+                self._reindex(user_id)
         last = self.last_activity_at
         if last is None or at > last:
             self.last_activity_at = at
+            if last is None or day > last // DAY_MS:
+                self.changed |= PART_ACTIVE_DAYS
 
     def _on_login(self, event: LoginEvent, day: int) -> None:
-        self.logins.add(day, 1)
-        self.activity.add(day, 1)
+        if self.logins.add(day, 1):
+            self.changed |= PART_LOGIN_DAYS
+        if self.activity.add(day, 1):
+            self.changed |= PART_ACTIVE_DAYS
         self._touch_user(event.user_id, day, event.occurred_at)
 
     def _on_feature_use(self, event: FeatureUseEvent, day: int) -> None:
-        self.activity.add(day, 1)
-        self._touch_user(event.user_id, day, event.occurred_at)
+        if self.activity.add(day, 1):
+            self.changed |= PART_ACTIVE_DAYS
+        user = event.user_id
+        self._touch_user(user, day, event.occurred_at)
         feature = event.feature
-        self.features.touch(feature, day)
-        if event.user_id not in self.users:
+        features = self.features
+        seen = features.days.get(feature)
+        if seen is None or day > seen:
+            features.touch(feature, day)
+            self.changed |= PART_FEATURES
+        if user not in self.users:
             return  # evicted at once: the user is older than every tracked one
-        used = self.user_features.get(event.user_id)
+        used = self.user_features.get(user)
         if used is None:
-            used = self.user_features[event.user_id] = {}
+            used = self.user_features[user] = {}
         old = used.get(feature)
         if old is None:
             used[feature] = day
@@ -349,8 +486,57 @@ class AccountState:
                 del used[oldest]
         elif day > old:
             used[feature] = day
+        else:
+            return
+        self.changed |= PART_USERS
+        if day < self._uf_low:
+            self._uf_low = day
+        if self._adoption:
+            self._reindex(user)
+
+    # ------------------------------------------------------ derived indexes
+
+    def adoption_index(self, keys: tuple[str, ...]) -> DayIndex:
+        """Users by the last day they were active *and* had used one of
+        ``keys`` (``min(last active day, last day of a key feature)``).
+
+        "Users counted by ``count_since(D)``" are exactly the users active on
+        or after D who used a key feature on or after D (the
+        ``key_feature_adoption`` metric). Built from the state on first use,
+        then kept up to date by :meth:`apply` and :meth:`compact`; never
+        serialised.
+        """
+        indexes = self._adoption
+        if indexes is None:
+            indexes = self._adoption = {}
+        index = indexes.get(keys)
+        if index is None:
+            index = indexes[keys] = DayIndex()
+            for user in self.user_features:
+                index.set(user, self._adoption_day(user, keys))
+        return index
+
+    def _adoption_day(self, user: str, keys: tuple[str, ...]) -> int | None:
+        last = self.users.days.get(user)
+        used = self.user_features.get(user)
+        if last is None or not used:
+            return None
+        best = -1
+        for feature in keys:
+            day = used.get(feature, -1)
+            if day > best:
+                best = day
+        if best < 0:
+            return None
+        return last if last < best else best
+
+    def _reindex(self, user: str) -> None:
+        assert self._adoption is not None
+        for keys, index in self._adoption.items():
+            index.set(user, self._adoption_day(user, keys))
 
     def _on_support_ticket(self, event: SupportTicketEvent, day: int) -> None:
+        self._tickets_dump = None
         at = event.occurred_at
         status = event.status
         ticket = self.tickets.get(event.ticket_id)
@@ -387,6 +573,8 @@ class AccountState:
                 ticket.pending_resolved_at = None
             elif ticket.is_open and ticket.open_since is not None and at < ticket.open_since:
                 ticket.open_since = at
+        if ticket.status_at < self._tickets_low:
+            self._tickets_low = ticket.status_at
         if len(self.tickets) > MAX_TICKETS:
             self._evict_tickets()
 
@@ -451,6 +639,7 @@ class AccountState:
             if len(self.kpis) >= MAX_KPIS:
                 stale = min(self.kpis, key=lambda name: self.kpis[name].last_day() or -1)
                 del self.kpis[stale]
+                self.changed_since = -1  # every day of that KPI changed
             window = self.kpis[event.metric] = DailyWindow(_SUM)
         window.add(day, event.value)
 
@@ -481,14 +670,36 @@ class AccountState:
         """Drop what no window ending at or after ``ref_ms`` can read.
 
         Only storage changes: every metric evaluated at an as-of time not
-        earlier than ``ref_ms`` gives the same answer before and after.
+        earlier than ``ref_ms`` gives the same answer before and after. Each
+        part keeps a lower bound of its days, so a part with nothing old
+        enough costs nothing.
         """
         ref_day = day_of(ref_ms)
         if ref_day <= self.pruned_day:
             return
         self.pruned_day = ref_day
         min_day = ref_day - RETAIN_DAYS + 1
-        for window in (
+        if min_day > self._data_low:
+            self._prune(min_day)
+        history = self.score_history
+        cut = ref_day - HISTORY_DAYS
+        # Days are in insertion order, which is chronological (rescores never
+        # go back in time; from_dict loads them sorted): the old ones lead.
+        older = []
+        for day in history:
+            if day >= cut:
+                break
+            older.append(day)
+        if len(older) > 1:
+            # Keep the newest score before the cut: it is the score "in effect"
+            # 30 days ago when that exact day has no entry.
+            for day in older[:-1]:
+                del history[day]
+
+    def _prune(self, min_day: int) -> None:
+        # compact() of every part with data before min_day.
+        dropped = False
+        windows = (
             self.logins,
             self.activity,
             self.tickets_opened,
@@ -497,35 +708,68 @@ class AccountState:
             self.csat,
             self.nps,
             self.csm_touches,
-        ):
-            window.prune(min_day)
+        )
+        for window in windows:
+            if window.prune(min_day):
+                dropped = True
+        touched: set[str] = set()
         for gone in self.users.prune(min_day):
             self.user_features.pop(gone, None)
-        self.features.prune(min_day)
-        for used in self.user_features.values():
-            for feature in [f for f, d in used.items() if d < min_day]:
-                del used[feature]
+            touched.add(gone)
+        if self.features.prune(min_day):
+            dropped = True
+        if min_day > self._uf_low:
+            low = _NO_DAY
+            for user, used in self.user_features.items():
+                old = [f for f, d in used.items() if d < min_day]
+                if old:
+                    touched.add(user)
+                    for feature in old:
+                        del used[feature]
+                if used:
+                    least = min(used.values())
+                    if least < low:
+                        low = least
+            self._uf_low = low
+        if touched:
+            dropped = True
+            if self._adoption:
+                for user in touched:
+                    self._reindex(user)
         for name in list(self.kpis):
-            self.kpis[name].prune(min_day)
+            if self.kpis[name].prune(min_day):
+                dropped = True
             if not self.kpis[name]:
                 del self.kpis[name]
         for name in list(self.contracts):
-            self.contracts[name].prune(min_day)
+            if self.contracts[name].prune(min_day):
+                dropped = True
             if not self.contracts[name]:
                 del self.contracts[name]
         min_ms = min_day * DAY_MS
-        for ticket_id in [t for t, rec in self.tickets.items() if rec.status_at < min_ms]:
-            del self.tickets[ticket_id]
-        history = self.score_history
-        cut = ref_day - HISTORY_DAYS
-        older = [day for day in history if day < cut]
-        if older:
-            # Keep the newest score before the cut: it is the score "in effect"
-            # 30 days ago when that exact day has no entry.
-            keep = max(older)
-            for day in older:
-                if day != keep:
-                    del history[day]
+        if min_ms > self._tickets_low:
+            old_tickets = [t for t, rec in self.tickets.items() if rec.status_at < min_ms]
+            for ticket_id in old_tickets:
+                del self.tickets[ticket_id]
+                self._tickets_dump = None
+            self._tickets_low = min(
+                (rec.status_at for rec in self.tickets.values()), default=_NO_DAY
+            )
+            if old_tickets:
+                dropped = True
+        if dropped and min_day > self.removed_before:
+            # Nothing a metric at or after ref_day reads is gone, but one at an
+            # earlier day may: scoring checks its cached values against this.
+            self.removed_before = min_day
+        self._data_low = min(
+            min(window.low_bound for window in windows),
+            self.users.low_bound,
+            self.features.low_bound,
+            self._uf_low,
+            min((w.low_bound for w in self.kpis.values()), default=_NO_DAY),
+            min((w.low_bound for w in self.contracts.values()), default=_NO_DAY),
+            self._tickets_low // DAY_MS,
+        )
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-ready view for the HTTP state page and logs."""
@@ -558,7 +802,7 @@ class AccountState:
             if value:
                 out[key] = value
 
-        put("n", self.counts)
+        put("n", _dump_counts(self.counts))
         put("late", self.late)
         put("dup", self.duplicates)
         if self.first_event_at is not None:
@@ -570,10 +814,13 @@ class AccountState:
         put("ids", base64.b64encode(b"".join(self.dedup)).decode())
         for key, window in _WINDOWS:
             put(key, getattr(self, window).dump())
-        put("u", self.users.dump())
-        put("f", self.features.dump())
+        put("u", self.users.days)
+        put("f", self.features.days)
         put("uf", self.user_features)
-        put("tk", {tid: t.dump() for tid, t in self.tickets.items()})
+        tickets = self._tickets_dump
+        if tickets is None:
+            tickets = self._tickets_dump = {tid: t.dump() for tid, t in self.tickets.items()}
+        put("tk", tickets)
         if self.last_csm_touch_at is not None:
             out["lct"] = self.last_csm_touch_at
         put("pl", self.pulse)
@@ -581,17 +828,23 @@ class AccountState:
         put("kp", {name: w.dump() for name, w in self.kpis.items()})
         put("cn", {name: w.dump() for name, w in self.contracts.items()})
         put("iv", self.invoice)
-        put("sn", self.snapshot)
+        put("sn", _dump_snapshot(self.snapshot))
         if self.scored_at is not None:
             out["sa"] = self.scored_at
         put("b", self.bucket)
         if self.score is not None:
             out["s"] = self.score
         put("h", _dump_history(self.score_history))
-        # (None, 0.0) is the default of a metric absent from the baseline.
-        put("bl", {m: [v, c] for m, (v, c) in self.baseline.items() if v is not None or c})
-        put("g", self.gates)
+        baseline = self.baseline
+        cached = self._baseline_dump
+        if cached is None or cached[0] is not baseline:
+            # Scoring replaces the baseline (never edits it) at a bucket change.
+            cached = self._baseline_dump = (baseline, _dump_baseline(baseline))
+        put("bl", cached[1])
+        put("g", _dump_names(self.gates))
         out["pd"] = self.pruned_day
+        if self.playbooks is not None:
+            out["pb"] = self.playbooks
         return out
 
     @classmethod
@@ -604,10 +857,11 @@ class AccountState:
 
     @classmethod
     def _from_dict(cls, data: dict[str, Any]) -> AccountState:
-        if data.get("v") != STATE_FORMAT:
-            raise ValueError(f"unsupported account state format {data.get('v')!r}")
+        version = data.get("v")
+        if version not in _FORMATS or isinstance(version, bool):
+            raise ValueError(f"unsupported account state format {version!r}")
         state = cls(data["id"])
-        state.counts = dict(data.get("n", {}))
+        state.counts = _load_counts(data.get("n", {}))
         state.late = data.get("late", 0)
         state.duplicates = data.get("dup", 0)
         state.first_event_at = data.get("fe")
@@ -633,14 +887,22 @@ class AccountState:
             name: DailyWindow.load(_COUNT, w) for name, w in data.get("cn", {}).items()
         }
         state.invoice = data.get("iv")
-        state.snapshot = {name: list(pair) for name, pair in data.get("sn", {}).items()}
+        state.snapshot = _load_snapshot(data.get("sn", {}))
         state.scored_at = data.get("sa")
         state.bucket = data.get("b")
         state.score = data.get("s")
-        state.score_history = _load_history(data.get("h", []))
-        state.baseline = {m: (v, c) for m, (v, c) in data.get("bl", {}).items()}
-        state.gates = list(data.get("g", []))
+        state.score_history = _load_history(data.get("h", []), tenths=version >= 2)
+        state.baseline = _load_baseline(data.get("bl", {}))
+        state.gates = _load_names(data.get("g", []))
         state.pruned_day = data.get("pd", -1)
+        playbooks = data.get("pb")
+        if playbooks is not None and not isinstance(playbooks, dict):
+            raise ValueError("playbook memory must be an object")
+        state.playbooks = playbooks
+        # Unknown lower bounds: the next compaction scans once.
+        state._uf_low = -1
+        state._tickets_low = -1
+        state._data_low = -1
         return state
 
     def to_bytes(self) -> bytes:
@@ -665,26 +927,137 @@ class AccountState:
         )
 
 
+def _dump_counts(counts: dict[str, int]) -> Any:
+    # Counts per event type in _EVENT_TYPES order, zeros for types not seen
+    # (a seen type has a count >= 1), trailing zeros dropped.
+    if not counts.keys() <= _EVENT_INDEX.keys():
+        return counts
+    dense = [0] * len(_EVENT_TYPES)
+    for kind, n in counts.items():
+        dense[_EVENT_INDEX[kind]] = n
+    while dense and not dense[-1]:
+        dense.pop()
+    return dense
+
+
+def _load_counts(data: Any) -> dict[str, int]:
+    if isinstance(data, dict):  # format 1 (or an unknown type)
+        return dict(data)
+    if not isinstance(data, list) or len(data) > len(_EVENT_TYPES):
+        raise ValueError("malformed event counts")
+    return {_EVENT_TYPES[i]: n for i, n in enumerate(data) if n}
+
+
+def _dump_snapshot(snapshot: dict[str, list[Any]]) -> Any:
+    # [{field: value}, at] when every field came from one snapshot (the
+    # usual case), else [{field: value}, [at, ...]] in field order.
+    if not snapshot:
+        return None
+    values = {name: pair[0] for name, pair in snapshot.items()}
+    times = [pair[1] for pair in snapshot.values()]
+    first = times[0]
+    return [values, first if all(at == first for at in times) else times]
+
+
+def _load_snapshot(data: Any) -> dict[str, list[Any]]:
+    if isinstance(data, dict):  # format 1: {field: [value, at]}
+        return {name: list(pair) for name, pair in data.items()}
+    values, times = data
+    if not isinstance(values, dict):
+        raise ValueError("malformed account snapshot")
+    if not isinstance(times, list):
+        times = [times] * len(values)
+    if len(times) != len(values):
+        raise ValueError("malformed account snapshot")
+    return {name: [value, at] for (name, value), at in zip(values.items(), times, strict=True)}
+
+
 def _dump_history(history: dict[int, float]) -> list[Any]:
     # Dense from the first day: [first_day, score_or_null, ...]; days are
     # nearly always consecutive (one rescore a day at least while scored).
+    # A score is a multiple of 0.1 and is written as its tenths (an int: one
+    # character less than "49.6"); anything else is written as a float.
     if not history:
         return []
     days = sorted(history)
     first = days[0]
     dense: list[Any] = [None] * (days[-1] - first + 1)
+    encoded = _TENTHS
     for day in days:
-        dense[day - first] = history[day]
+        score = history[day]
+        code = encoded.get(score)
+        if code is None or (not score and math.copysign(1.0, score) < 0):
+            code = _tenths(score)
+        dense[day - first] = code
     return [first, *dense]
 
 
-def _load_history(data: Any) -> dict[int, float]:
+#: score -> its form in the history (scores repeat: 0.0 .. 100.0 by 0.1).
+_TENTHS: dict[float, Any] = {}
+
+
+def _tenths(score: float) -> Any:
+    tenths = round(score * 10)
+    if tenths / 10 == score and (score or math.copysign(1.0, score) > 0):
+        code: Any = tenths
+    else:
+        code = float(score)
+    if type(score) is float and len(_TENTHS) < 4096:
+        _TENTHS[score] = code
+    return code
+
+
+def _load_history(data: Any, *, tenths: bool) -> dict[int, float]:
     if not isinstance(data, list):
         raise ValueError("score history must be a list")
     if not data:
         return {}
     first = data[0]
-    return {first + i: score for i, score in enumerate(data[1:]) if score is not None}
+    if not tenths:  # format 1: the scores themselves
+        return {first + i: score for i, score in enumerate(data[1:]) if score is not None}
+    return {
+        first + i: score / 10 if type(score) is int else score
+        for i, score in enumerate(data[1:])
+        if score is not None
+    }
+
+
+def _dump_baseline(baseline: dict[str, tuple[float | None, float]]) -> Any:
+    # ["metric metric ...", [value, contribution, value, contribution, ...]];
+    # (None, 0.0) is the default of a metric absent from the baseline.
+    kept = [(m, v, c) for m, (v, c) in baseline.items() if v is not None or c]
+    if not kept:
+        return None
+    if not all(m and " " not in m for m, _, _ in kept):
+        return {m: [v, c] for m, v, c in kept}
+    numbers: list[Any] = []
+    for _, v, c in kept:
+        numbers.append(v)
+        numbers.append(c)
+    return [" ".join(m for m, _, _ in kept), numbers]
+
+
+def _load_baseline(data: Any) -> dict[str, tuple[float | None, float]]:
+    if isinstance(data, dict):  # format 1
+        return {m: (v, c) for m, (v, c) in data.items()}
+    names, numbers = data
+    metrics = names.split(" ")
+    if len(numbers) != 2 * len(metrics):
+        raise ValueError("malformed baseline")
+    return {m: (numbers[2 * i], numbers[2 * i + 1]) for i, m in enumerate(metrics)}
+
+
+def _dump_names(names: list[str]) -> Any:
+    # Gate names joined by spaces (they are lower_snake_case).
+    if all(name and " " not in name for name in names):
+        return " ".join(names)
+    return names
+
+
+def _load_names(data: Any) -> list[str]:
+    if isinstance(data, str):
+        return data.split(" ") if data else []
+    return list(data)
 
 
 #: Serialised key -> attribute of the plain daily windows.
@@ -699,16 +1072,34 @@ _WINDOWS: Final = (
     ("ct", "csm_touches"),
 )
 
-_HANDLERS: Final[dict[str, Callable[[AccountState, Any, int], None]]] = {
-    "login": AccountState._on_login,
-    "feature_use": AccountState._on_feature_use,
-    "support_ticket": AccountState._on_support_ticket,
-    "account": AccountState._on_account,
-    "csm_touch": AccountState._on_csm_touch,
-    "survey": AccountState._on_survey,
-    "pulse": AccountState._on_pulse,
-    "milestone": AccountState._on_milestone,
-    "kpi": AccountState._on_kpi,
-    "contract": AccountState._on_contract,
-    "invoice": AccountState._on_invoice,
+#: Event types in the order of the serialised counts (append only).
+_EVENT_TYPES: Final = (
+    "login",
+    "feature_use",
+    "support_ticket",
+    "account",
+    "csm_touch",
+    "survey",
+    "pulse",
+    "milestone",
+    "kpi",
+    "contract",
+    "invoice",
+)
+_EVENT_INDEX: Final = {kind: i for i, kind in enumerate(_EVENT_TYPES)}
+
+#: Event type -> (handler, the parts it always changes); the usage handlers
+#: add PART_USERS / PART_FEATURES themselves when those actually change.
+_HANDLERS: Final[dict[str, tuple[Callable[[AccountState, Any, int], None], int]]] = {
+    "login": (AccountState._on_login, PART_LOGINS | PART_ACTIVITY),
+    "feature_use": (AccountState._on_feature_use, PART_ACTIVITY),
+    "support_ticket": (AccountState._on_support_ticket, PART_TICKETS),
+    "account": (AccountState._on_account, PART_SNAPSHOT),
+    "csm_touch": (AccountState._on_csm_touch, PART_CSM),
+    "survey": (AccountState._on_survey, PART_SURVEYS),
+    "pulse": (AccountState._on_pulse, PART_PULSE),
+    "milestone": (AccountState._on_milestone, PART_MILESTONES),
+    "kpi": (AccountState._on_kpi, PART_KPIS),
+    "contract": (AccountState._on_contract, PART_CONTRACTS),
+    "invoice": (AccountState._on_invoice, PART_INVOICE),
 }

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -37,7 +38,14 @@ from pydantic import (
     model_validator,
 )
 
-from service.metrics_catalog import CATALOG, Extractor, ParamsError, build_extractor
+from service.metrics_catalog import (
+    CATALOG,
+    Extractor,
+    ParamsError,
+    Stability,
+    build_extractor,
+    build_stability,
+)
 
 __all__ = [
     "BUCKETS",
@@ -49,6 +57,7 @@ __all__ = [
     "BucketName",
     "Buckets",
     "Compare",
+    "CompiledCondition",
     "Condition",
     "Gate",
     "Grades",
@@ -62,6 +71,7 @@ __all__ = [
     "ResolvedProfile",
     "Scorecard",
     "ScorecardError",
+    "compile_condition",
     "condition_metrics",
     "default_scorecard",
     "load_scorecard",
@@ -265,6 +275,72 @@ AnyOf.model_rebuild()
 NotOf.model_rebuild()
 
 
+#: A condition as a function of metric values (three-valued, see ``compile_condition``).
+CompiledCondition = Callable[[Mapping[str, float | None]], bool | None]
+
+_OPS: Final[dict[str, Callable[[float, float], bool]]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def compile_condition(cond: Compare | AllOf | AnyOf | NotOf) -> CompiledCondition:
+    """A function equivalent to ``service.scoring.evaluate_condition(cond, values)``.
+
+    Three-valued: ``None`` when a needed metric is unknown and the answer
+    depends on it (``all`` with a false part is false, ``any`` with a true
+    part is true, whatever is unknown). Built once per scorecard (the hot path
+    of gates); ``evaluate_condition`` stays the reference.
+    """
+    if isinstance(cond, Compare):
+        metric, op, ref = cond.metric, _OPS[cond.op], cond.value
+
+        def compare(values: Mapping[str, float | None]) -> bool | None:
+            value = values.get(metric)
+            return None if value is None else op(value, ref)
+
+        return compare
+    if isinstance(cond, NotOf):
+        inner = compile_condition(cond.not_)
+
+        def negate(values: Mapping[str, float | None]) -> bool | None:
+            verdict = inner(values)
+            return None if verdict is None else not verdict
+
+        return negate
+    if isinstance(cond, AllOf):
+        parts = tuple(compile_condition(sub) for sub in cond.all)
+
+        def all_of(values: Mapping[str, float | None]) -> bool | None:
+            unknown = False
+            for part in parts:
+                verdict = part(values)
+                if verdict is None:
+                    unknown = True
+                elif not verdict:
+                    return False
+            return None if unknown else True
+
+        return all_of
+    alternatives = tuple(compile_condition(sub) for sub in cond.any)
+
+    def any_of(values: Mapping[str, float | None]) -> bool | None:
+        unknown = False
+        for part in alternatives:
+            verdict = part(values)
+            if verdict is None:
+                unknown = True
+            elif verdict:
+                return True
+        return None if unknown else False
+
+    return any_of
+
+
 def condition_metrics(cond: Compare | AllOf | AnyOf | NotOf) -> Iterator[str]:
     """Every metric a condition reads, in order of appearance."""
     if isinstance(cond, Compare):
@@ -444,6 +520,14 @@ class ResolvedProfile:
     extractors: tuple[tuple[str, Extractor], ...]
     #: metric -> compiled ``normalise`` (value -> 0-100).
     scorers: Mapping[str, Callable[[float], float]]
+    #: Parts of the account state each metric in ``metrics`` reads (its
+    #: source's ``dependencies``), same order.
+    reads: tuple[int, ...] = ()
+    #: How long each metric's value lasts without events, same order.
+    stables: tuple[Stability, ...] = ()
+    #: Scratch space for forms compiled from this profile by their users
+    #: (``service.scoring`` keeps its evaluation plan here); not compared.
+    compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _version(value: Any) -> Any:
@@ -475,6 +559,8 @@ class Scorecard(_Model):
     profiles: list[Profile] = Field(default_factory=list)
 
     _extractors: dict[str, Extractor] = PrivateAttr(default_factory=dict)
+    _reads: dict[str, int] = PrivateAttr(default_factory=dict)
+    _stables: dict[str, Stability] = PrivateAttr(default_factory=dict)
     _resolved: list[tuple[ProfileWhen | None, ResolvedProfile]] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
@@ -493,6 +579,8 @@ class Scorecard(_Model):
                 )
             try:
                 self._extractors[metric] = build_extractor(source, definition.params)
+                self._reads[metric] = CATALOG[source].dependencies
+                self._stables[metric] = build_stability(source, definition.params)
             except ParamsError as exc:
                 raise _RefError(_join("metrics", metric, "params", exc.field), exc.reason) from None
         self._check_profile("", self.groups, None, self.gates)
@@ -589,6 +677,7 @@ class Scorecard(_Model):
             if gate.release is not None:
                 order.extend(condition_metrics(gate.release))
         merged = {m: normalise.get(m, self.metrics[m].normalise) for m in self.metrics}
+        metrics = tuple(dict.fromkeys(order))
         return ResolvedProfile(
             name=name,
             groups=weighted,
@@ -597,9 +686,11 @@ class Scorecard(_Model):
             grades=grades,
             gates=tuple(gates),
             missing_data=missing_data,
-            metrics=tuple(dict.fromkeys(order)),
-            extractors=tuple((m, self._extractors[m]) for m in dict.fromkeys(order)),
+            metrics=metrics,
+            extractors=tuple((m, self._extractors[m]) for m in metrics),
             scorers={m: n.compile() for m, n in merged.items()},
+            reads=tuple(self._reads[m] for m in metrics),
+            stables=tuple(self._stables[m] for m in metrics),
         )
 
     # ------------------------------------------------------------------ use

@@ -39,15 +39,40 @@ bucket changes (``computed_at``, a wall-clock time, aside).
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Final, Literal, NamedTuple, cast
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import compress
+from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
+
+from pydantic import BaseModel
 
 from schemas.events import Event
-from schemas.outputs import BucketChange, Driver, HealthScore, format_utc
-from service.account_state import AccountState, ApplyResult
-from service.metrics_catalog import next_change_at
+from schemas.outputs import (
+    BucketChange,
+    Component,
+    Driver,
+    HealthScore,
+    ScorecardRef,
+    Trend,
+    format_utc,
+)
+from service.account_state import (
+    NOTHING_REMOVED,
+    PARTS,
+    RETAIN_DAYS,
+    AccountState,
+    ApplyResult,
+)
+from service.metrics_catalog import (
+    EXACT_TIME,
+    PAST_SHIFT,
+    Extractor,
+    Stability,
+    next_change_at,
+)
 from service.scorecard import (
     BUCKET_RANK,
     BUCKETS,
@@ -56,12 +81,15 @@ from service.scorecard import (
     BucketName,
     Buckets,
     Compare,
+    CompiledCondition,
+    MissingData,
     NotOf,
     ResolvedProfile,
     Scorecard,
+    compile_condition,
     condition_metrics,
 )
-from service.windows import day_of
+from service.windows import DAY_MS, day_of
 
 __all__ = [
     "MAX_DRIVERS",
@@ -87,6 +115,11 @@ UNKNOWN_STAGE: Final = "unknown"
 MAX_DRIVERS: Final = 3
 _RANKED: Final[tuple[BucketName, ...]] = tuple(reversed(BUCKETS))  # rank -> bucket
 _EPS: Final = 1e-9
+#: ``AccountState.changed_since`` when nothing changed.
+_NO_CHANGE: Final = 1 << 62
+#: A metric at day D reads no day before D - _READ_SPAN (the retained horizon).
+_READ_SPAN: Final = RETAIN_DAYS - 1
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ComponentResult(NamedTuple):
@@ -234,10 +267,7 @@ def _score_then(history: Mapping[int, float], day: int) -> float | None:
     exact = history.get(day)
     if exact is not None:
         return exact
-    best = -1
-    for d in history:
-        if best < d <= day:
-            best = d
+    best = max(filter(day.__ge__, history), default=-1)  # the latest day <= day
     return history[best] if best >= 0 else None
 
 
@@ -252,78 +282,526 @@ def change_id(account_id: str, from_bucket: str, to_bucket: str, as_of: int) -> 
 
 
 # ---------------------------------------------------------------- evaluate
+#
+# evaluate() is the hot path: it runs after every applied event and at every
+# tick of every account. It computes exactly what the plain definition says
+# (the reference is kept in evaluate_condition, hysteresis_bucket and _weigh;
+# tests check the fast forms against them, and tests/unit/test_replay.py pins
+# a digest of the whole output) but
+#
+# * compiles each resolved profile once into a _Plan (extractors in order,
+#   the parts of the state each reads, gates as closures, one ComponentResult
+#   per unknown metric, and the weights per set of known metrics, computed
+#   with the same float operations as _weigh and cached);
+# * keeps in the state the metric values of its last evaluation (_Memory): a
+#   metric is recomputed only if an event changed a part of the state it
+#   reads, if it depends on the as-of time itself, or, on a later day, if
+#   its value may have moved since (metrics_catalog's Source.stable says
+#   until when it lasts); a component is rebuilt only when its value or the
+#   set of known metrics changed, a gate only when a value it reads or
+#   whether it was holding changed;
+# * builds the Evaluation without the dataclass __init__ (same object).
+
+
+class _Plan:
+    """A resolved profile compiled for :func:`evaluate` (built once per profile)."""
+
+    __slots__ = (
+        "extractors",
+        "gate_bits",
+        "gates",
+        "grade_floors",
+        "green",
+        "hysteresis",
+        "metric_bits",
+        "metrics",
+        "name",
+        "nones",
+        "policy",
+        "positions",
+        "profile",
+        "reads",
+        "scorers",
+        "slots",
+        "stables",
+        "stale_by_mask",
+        "weighted",
+        "weights_by_mask",
+        "yellow",
+    )
+
+    def __init__(self, profile: ResolvedProfile) -> None:
+        self.profile = profile
+        self.name = profile.name
+        self.metrics = profile.metrics
+        self.extractors: tuple[Extractor, ...] = tuple(e for _, e in profile.extractors)
+        always = PARTS | EXACT_TIME | PARTS << PAST_SHIFT
+        self.reads = profile.reads or (always,) * len(profile.metrics)
+        self.stables: tuple[Stability, ...] = profile.stables or (_daily,) * len(profile.metrics)
+        position = {metric: i for i, metric in enumerate(profile.metrics)}
+        weighted = [metric for _, _, members in profile.groups for metric, _ in members]
+        #: Position in ``metrics`` of each weighted metric, in component order.
+        self.weighted = tuple(position[m] for m in weighted)
+        #: Per metric (``metrics`` order): the bit of its component, 0 if not weighted.
+        bits = [0] * len(profile.metrics)
+        for slot, metric in enumerate(weighted):
+            bits[position[metric]] = 1 << slot
+        self.metric_bits = tuple(bits)
+        self.scorers: tuple[Callable[[float], float], ...] = tuple(
+            profile.scorers[m] for m in weighted
+        )
+        self.nones = tuple(ComponentResult(m, None, 0.0, 0.0, 0.0) for m in weighted)
+        #: Per gate: bits (``metrics`` positions) of the metrics it reads.
+        gate_bits = []
+        for gate in profile.gates:
+            read = list(condition_metrics(gate.condition))
+            if gate.release is not None:
+                read.extend(condition_metrics(gate.release))
+            gate_bits.append(sum({1 << position[metric] for metric in read}))
+        self.gate_bits = tuple(gate_bits)
+        self.gates: tuple[
+            tuple[str, CompiledCondition, bool, bool, CompiledCondition | None, int], ...
+        ] = tuple(
+            (
+                gate.name,
+                compile_condition(gate.condition),
+                gate.when is not None,
+                gate.fires_on_unknown,
+                None if gate.release is None else compile_condition(gate.release),
+                BUCKET_RANK[gate.cap],
+            )
+            for gate in profile.gates
+        )
+        buckets = profile.buckets
+        self.green, self.yellow, self.hysteresis = (
+            buckets.green,
+            buckets.yellow,
+            buckets.hysteresis,
+        )
+        grades = profile.grades
+        self.grade_floors = (grades.A, grades.B, grades.C, grades.D)
+        self.policy: MissingData = profile.missing_data
+        self.weights_by_mask: dict[int, tuple[tuple[float, ...], float, tuple[str, ...]]] = {}
+        self.positions = range(len(profile.metrics))
+        #: Per metric (``metrics`` order): its component's slot, -1 if not weighted.
+        slots = [-1] * len(profile.metrics)
+        for slot, i in enumerate(self.weighted):
+            slots[i] = slot
+        self.slots = tuple(slots)
+        self.stale_by_mask: dict[int, tuple[int, ...]] = {}
+
+    def stale(self, dirty: int) -> tuple[int, ...]:
+        """Positions of the metrics that read any of the ``dirty`` bits."""
+        found = self.stale_by_mask.get(dirty)
+        if found is None:
+            found = tuple(i for i, reads in enumerate(self.reads) if reads & dirty)
+            if len(self.stale_by_mask) < 1024:
+                self.stale_by_mask[dirty] = found
+        return found
+
+    def components(
+        self, values: list[float | None], effective: tuple[float, ...]
+    ) -> list[ComponentResult]:
+        """Every component, in order."""
+        out: list[ComponentResult] = []
+        append = out.append
+        nones = self.nones
+        scorers = self.scorers
+        for slot, i in enumerate(self.weighted):
+            value = values[i]
+            if value is None:
+                append(nones[slot])
+            else:
+                weight = effective[slot]
+                metric_score = scorers[slot](value)
+                append(
+                    _new_component(
+                        ComponentResult,
+                        (nones[slot][0], value, metric_score, weight, metric_score * weight),
+                    )
+                )
+        return out
+
+    def weights(self, known: int) -> tuple[tuple[float, ...], float, tuple[str, ...]]:
+        """Effective weight per component, known weight share and missing metrics
+        when the components whose bit is set in ``known`` are known (see _weigh)."""
+        cached = self.weights_by_mask.get(known)
+        if cached is not None:
+            return cached
+        groups = self.profile.groups
+        slot = 0
+        masked: list[tuple[str, float, tuple[tuple[str, float, bool], ...]]] = []
+        for group, weight, members in groups:
+            marked: list[tuple[str, float, bool]] = []
+            for metric, w in members:
+                marked.append((metric, w, bool(known >> slot & 1)))
+                slot += 1
+            masked.append((group, weight, tuple(marked)))
+        # The float operations of _weigh, in the same order.
+        total_groups = sum(weight for _, weight, _ in groups)
+        known_groups = 0.0
+        share = 0.0
+        known_in: dict[str, float] = {}
+        for group, weight, flags in masked:
+            group_total = sum(w for _, w, _ in flags)
+            known_weight = sum(w for _, w, is_known in flags if is_known)
+            known_in[group] = known_weight
+            share += weight / total_groups * known_weight / group_total
+            if known_weight > 0:
+                known_groups += weight
+        effective: list[float] = []
+        missing: list[str] = []
+        for group, weight, flags in masked:
+            for metric, w, is_known in flags:
+                if is_known:
+                    effective.append(weight / known_groups * w / known_in[group])
+                else:
+                    effective.append(0.0)
+                    missing.append(metric)
+        result = (tuple(effective), share, tuple(missing))
+        if len(self.weights_by_mask) < 1024:
+            self.weights_by_mask[known] = result
+        return result
+
+
+def _daily(state: AccountState, as_of: int, value: float | None) -> int:
+    return as_of // DAY_MS
+
+
+def _plan(profile: ResolvedProfile) -> _Plan:
+    plan = profile.compiled.get("scoring")
+    if plan is None:
+        plan = profile.compiled["scoring"] = _Plan(profile)
+    assert isinstance(plan, _Plan)
+    return plan
+
+
+class _Memory:
+    """The last evaluation's values, kept in the state (``AccountState._scoring``):
+    valid for ``plan`` on ``day`` apart from the parts changed since
+    (``AccountState.changed``), and each until its ``until`` day."""
+
+    __slots__ = (
+        "components",
+        "day",
+        "known",
+        "models",
+        "plan",
+        "scorecard",
+        "segment",
+        "stage",
+        "until",
+        "values",
+        "verdicts",
+    )
+
+    def __init__(
+        self,
+        scorecard: Scorecard,
+        stage: str | None,
+        segment: str | None,
+        plan: _Plan,
+        day: int,
+        values: list[float | None],
+        until: list[int],
+        known: int,
+        components: list[ComponentResult],
+        models: list[Component | None],
+        verdicts: list[tuple[bool, bool]],
+    ) -> None:
+        #: ``plan`` is ``scorecard``'s profile for ``stage`` and ``segment``.
+        self.scorecard = scorecard
+        self.stage = stage
+        self.segment = segment
+        self.plan = plan
+        self.day = day
+        self.values = values
+        #: Per metric: the last day its value holds without events.
+        self.until = until
+        self.known = known
+        self.components = components
+        #: Message form of each component, built on demand by health_score.
+        self.models = models
+        #: Per gate: (whether it was held, i.e. in ``AccountState.gates``,
+        #: whether it fired).
+        self.verdicts = verdicts
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_new_component = tuple.__new__
+
+
+def _same(value: float | None, before: float | None) -> bool:
+    """Whether a recomputed value is the one its component was made of (bit
+    for bit: 0.0 and -0.0 are equal but print differently)."""
+    if value is None or before is None:
+        return value is before
+    return (
+        value == before
+        and type(value) is type(before)
+        and (value != 0 or math.copysign(1.0, value) == math.copysign(1.0, before))
+    )
+
+
+def _evaluation(fields: dict[str, Any]) -> Evaluation:
+    # Same object as Evaluation(**fields) without the frozen __init__'s cost;
+    # extra keys starting with "_" are caches, not fields (not compared).
+    ev: Evaluation = _new_object(Evaluation)
+    _set_attribute(ev, "__dict__", fields)
+    return ev
 
 
 def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluation:
     """The health score of ``state`` at ``as_of`` (epoch ms); reads, never writes.
 
     Hysteresis is relative to the state's current bucket, the trend to its
-    score history. Exact for ``as_of`` at or after ``state.clock``.
+    score history. Exact for ``as_of`` at or after ``state.clock``. (The
+    state keeps transient caches of metric values, which never change a
+    result.)
     """
     snapshot = state.snapshot
     stage_entry = snapshot.get("lifecycle_stage")
     segment_entry = snapshot.get("segment")
     stage = stage_entry[0] if stage_entry is not None else None
     segment = segment_entry[0] if segment_entry is not None else None
-    profile = scorecard.profile_for(stage, segment)
-    values: dict[str, float | None] = {}
-    for metric, extract in profile.extractors:
-        value = extract(state, as_of)
-        values[metric] = None if value is None else round(value, 4)
-    components, missing, share, total = _weigh(profile, values)
+    memory: _Memory | None = state._scoring
+    if (
+        memory is not None
+        and memory.scorecard is scorecard
+        and memory.stage == stage
+        and memory.segment == segment
+    ):
+        plan = memory.plan
+    else:
+        plan = _plan(scorecard.profile_for(stage, segment))
+    day = as_of // DAY_MS
+
+    # Metric values: recompute those whose inputs may have changed or whose
+    # value has expired (`moved`: those whose value did change), then their
+    # components (all of them if the set of known metrics changed). Memory is
+    # usable for the same or a later day unless compaction removed days that
+    # day's metrics read.
+    extractors = plan.extractors
+    bits = plan.metric_bits
+    values_list: list[float | None]
+    until: list[int]
+    components: list[ComponentResult]
+    models: list[Component | None]
+    if (
+        memory is not None
+        and memory.plan is plan
+        and memory.day <= day
+        and state.removed_before <= day - _READ_SPAN
+    ):
+        changed = state.changed
+        dirty = changed | EXACT_TIME
+        skipped = changed << PAST_SHIFT
+        if state.changed_since < day:
+            dirty |= skipped
+            skipped = 0
+        stale: Iterable[int] = plan.stale(dirty)
+        same_day = memory.day == day
+        if not same_day:
+            until = memory.until
+            expired = list(compress(plan.positions, map(day.__gt__, until)))
+            expired.extend(i for i in stale if until[i] >= day)
+            stale = expired
+        values_list = memory.values.copy()
+        until = memory.until.copy()
+        known = memory.known
+        stables = plan.stables
+        moved = 0
+        for i in stale:
+            value = extractors[i](state, as_of)
+            if value is not None:
+                value = round(value, 4)
+            if not _same(value, values_list[i]):
+                values_list[i] = value
+                moved |= 1 << i
+                if value is None:
+                    known &= ~bits[i]
+                else:
+                    known |= bits[i]
+                # A value that moved is recomputed tomorrow: it will likely
+                # move again (busy usage, day counters), so asking how long
+                # it lasts would not pay.
+                until[i] = day
+            else:
+                # Same day: how long it lasts is worked out when it matters.
+                until[i] = day if same_day else stables[i](state, as_of, value)
+        if skipped:
+            # Changed parts read only for earlier days: today's value holds,
+            # but not beyond today.
+            for i in plan.stale(skipped):
+                if until[i] > day:
+                    until[i] = day
+        effective, share, missing = plan.weights(known)
+        if known == memory.known:
+            components = memory.components.copy()
+            models = memory.models.copy()
+            if moved:
+                slots = plan.slots
+                nones = plan.nones
+                scorers = plan.scorers
+                for i in stale:
+                    slot = slots[i]
+                    if slot >= 0 and moved >> i & 1:
+                        value = values_list[i]
+                        if value is None:
+                            components[slot] = nones[slot]
+                        else:  # as _Plan.components
+                            weight = effective[slot]
+                            metric_score = scorers[slot](value)
+                            components[slot] = _new_component(
+                                ComponentResult,
+                                (
+                                    nones[slot][0],
+                                    value,
+                                    metric_score,
+                                    weight,
+                                    metric_score * weight,
+                                ),
+                            )
+                        models[slot] = None
+        else:
+            components = plan.components(values_list, effective)
+            models = [None] * len(components)
+    else:
+        values_list = []
+        known = 0
+        for i, extract in enumerate(extractors):
+            value = extract(state, as_of)
+            if value is None:
+                values_list.append(None)
+            else:
+                values_list.append(round(value, 4))
+                known |= bits[i]
+        until = [day] * len(values_list)
+        effective, share, missing = plan.weights(known)
+        components = plan.components(values_list, effective)
+        models = [None] * len(components)
+        moved = -1
+    values = dict(zip(plan.metrics, values_list, strict=True))
+    # The score: contributions added in component order (see _weigh). An
+    # unknown metric's 0.0 leaves the running total's bits unchanged.
+    total = 0.0
+    for component in components:
+        total += component[4]
     score = round(min(100.0, max(0.0, total)), 1)
 
-    previous = state.bucket
-    score_bucket = hysteresis_bucket(score, previous, profile.buckets)
-    rank = BUCKET_RANK[score_bucket]
+    # Bucket: hysteresis (hysteresis_bucket inlined), gates, missing-data policy.
+    previous_bucket = state.bucket
+    green, yellow = plan.green, plan.yellow
+    if previous_bucket is None:
+        score_rank = 2 if score >= green else 1 if score >= yellow else 0
+    else:
+        lower, upper = score - plan.hysteresis, score + plan.hysteresis
+        low = 2 if lower >= green else 1 if lower >= yellow else 0
+        high = 2 if upper >= green else 1 if upper >= yellow else 0
+        score_rank = min(high, max(low, BUCKET_RANK[previous_bucket]))
+    score_bucket = _RANKED[score_rank]
+    # A gate's verdict is kept while the values it reads and whether it is
+    # held (fired last time) are the same as at the last evaluation.
+    held = state.gates
+    previous_verdicts = memory.verdicts if moved != -1 and memory is not None else None
+    verdicts: list[tuple[bool, bool]] = []
+    rank = score_rank
     fired: list[str] = []
     capping: list[str] = []
-    held = state.gates
-    for gate in profile.gates:
-        verdict = evaluate_condition(gate.condition, values)
-        if verdict is None:
-            fires = gate.fires_on_unknown
+    for g, (name, condition, is_when, on_unknown, release, cap) in enumerate(plan.gates):
+        was_held = name in held
+        if (
+            previous_verdicts is not None
+            and not moved & plan.gate_bits[g]
+            and previous_verdicts[g][0] == was_held
+        ):
+            fires = previous_verdicts[g][1]
         else:
-            fires = verdict if gate.when is not None else not verdict
-        if not fires and gate.release is not None and gate.name in held:
-            # Gate hysteresis: a firing gate holds until its release is true.
-            # Idempotent like the bucket hysteresis: re-evaluating with the
-            # gates this returns gives the same gates.
-            fires = evaluate_condition(gate.release, values) is not True
+            verdict = condition(values)
+            if verdict is None:
+                fires = on_unknown
+            elif is_when:
+                fires = verdict
+            else:
+                fires = not verdict
+            if not fires and release is not None and was_held:
+                # Gate hysteresis: a firing gate holds until its release is true.
+                # Idempotent like the bucket hysteresis: re-evaluating with the
+                # gates this returns gives the same gates.
+                fires = release(values) is not True
+        verdicts.append((was_held, fires))
         if fires:
-            fired.append(gate.name)
-            if BUCKET_RANK[gate.cap] < BUCKET_RANK[score_bucket]:
-                capping.append(gate.name)
-            rank = min(rank, BUCKET_RANK[gate.cap])
-    policy = profile.missing_data
+            fired.append(name)
+            if cap < score_rank:
+                capping.append(name)
+            if cap < rank:
+                rank = cap
+    state._scoring = _Memory(
+        scorecard,
+        stage,
+        segment,
+        plan,
+        day,
+        values_list,
+        until,
+        known,
+        components,
+        models,
+        verdicts,
+    )
+    state.changed = 0
+    state.changed_since = _NO_CHANGE
+    state.removed_before = NOTHING_REMOVED
+    policy = plan.policy
     low_confidence = share + _EPS < policy.min_weight_share
     if low_confidence:
         if policy.on_low_confidence == "cap":
             rank = min(rank, BUCKET_RANK[policy.cap_bucket])
-        elif policy.on_low_confidence == "hold" and previous is not None:
-            rank = BUCKET_RANK[previous]
+        elif policy.on_low_confidence == "hold" and previous_bucket is not None:
+            rank = BUCKET_RANK[previous_bucket]
 
-    day = day_of(as_of)
+    # Trend: the scores in effect 7 and 30 days ago (_score_then, exact day first).
     history = state.score_history
-    return Evaluation(
-        account_id=state.account_id,
-        as_of=as_of,
-        score=score,
-        bucket=_RANKED[rank],
-        grade=profile.grades.grade(score),
-        stage=stage or UNKNOWN_STAGE,
-        profile=profile.name,
-        scorecard=(scorecard.name, scorecard.version),
-        components=components,
-        values=values,
-        missing=tuple(missing),
-        weight_share=round(share, 4),
-        low_confidence=low_confidence,
-        score_bucket=score_bucket,
-        capping_gates=tuple(capping),
-        gates_fired=tuple(fired),
-        delta_7d=_delta(score, _score_then(history, day - 7)),
-        delta_30d=_delta(score, _score_then(history, day - 30)),
+    then_7d = history.get(day - 7)
+    if then_7d is None:
+        then_7d = _score_then(history, day - 7)
+    then_30d = history.get(day - 30)
+    if then_30d is None:
+        then_30d = _score_then(history, day - 30)
+    grade_a, grade_b, grade_c, grade_d = plan.grade_floors
+    return _evaluation(
+        {
+            "account_id": state.account_id,
+            "as_of": as_of,
+            "score": score,
+            "bucket": _RANKED[rank],
+            "grade": (
+                "A"
+                if score >= grade_a
+                else "B"
+                if score >= grade_b
+                else "C"
+                if score >= grade_c
+                else "D"
+                if score >= grade_d
+                else "F"
+            ),
+            "stage": stage or UNKNOWN_STAGE,
+            "profile": plan.name,
+            "scorecard": (scorecard.name, scorecard.version),
+            "components": tuple(components),
+            "values": values,
+            "missing": missing,
+            "weight_share": round(share, 4),
+            "low_confidence": low_confidence,
+            "score_bucket": score_bucket,
+            "capping_gates": tuple(capping),
+            "gates_fired": tuple(fired),
+            "delta_7d": None if then_7d is None else round(score - then_7d, 1),
+            "delta_30d": None if then_30d is None else round(score - then_30d, 1),
+            "_models": models,
+        }
     )
 
 
@@ -337,6 +815,10 @@ def _weigh(
     Known metrics share their group's weight in proportion to w_m; groups
     with no known metric give their weight to the other groups in proportion
     to W_g. Unknown metrics get weight 0.
+
+    The reference definition; :func:`evaluate` computes the same numbers
+    with the same float operations through :meth:`_Plan.weights` (a test
+    checks they agree).
     """
     total_groups = sum(weight for _, weight, _ in profile.groups)
     known_groups = 0.0
@@ -433,7 +915,9 @@ def _rescore(
     ):
         # Nothing applied and no metric can have moved since: same evaluation
         # (hysteresis is idempotent), only the as-of time differs.
-        ev = replace(memo[4], as_of=as_of)
+        fields = memo[4].__dict__.copy()
+        fields["as_of"] = as_of
+        ev = _evaluation(fields)
     else:
         ev = evaluate(state, as_of, scorecard)
         state._memo = (scorecard, state._version, day, next_change_at(state, as_of), ev)
@@ -472,10 +956,58 @@ def health_score(ev: Evaluation, *, now_ms: int | None = None) -> HealthScore:
     """The ``vitals.health.scores`` message of an evaluation.
 
     ``computed_at`` is the wall clock (``now_ms`` overrides it); everything
-    else is determined by the evaluation. Built as one dict and validated
-    once (cheaper than constructing the nested models one by one).
+    else is determined by the evaluation. The fields come from values the
+    scoring model has already checked (finite numbers in their ranges,
+    timestamps formatted by :func:`format_utc`), so the message is assembled
+    without re-validation: the same object ``HealthScore.model_validate``
+    would return (tests check both against the model and the JSON Schema).
+    Anything unexpected (a non-finite number) takes the validating path,
+    which raises as before. Component models are kept with the evaluation's
+    components and reused while a component is unchanged.
     """
     computed = int(time.time() * 1000) if now_ms is None else now_ms
+    cached: list[Component | None] | None = ev.__dict__.get("_models")
+    if cached is None:
+        cached = [None] * len(ev.components)
+    models = cast("list[Component]", cached.copy())  # the Nones are filled below
+    for i, model in enumerate(cached):
+        if model is None:  # (not `None in models`: that calls each model's __eq__)
+            model = _component_model(ev.components[i])
+            if model is None:
+                return _validated_health_score(ev, computed)
+            models[i] = cached[i] = model
+    delta_7d, delta_30d = ev.delta_7d, ev.delta_30d
+    score = ev.score
+    if not (
+        type(score) is float
+        and 0.0 <= score <= 100.0
+        and (delta_7d is None or (type(delta_7d) is float and math.isfinite(delta_7d)))
+        and (delta_30d is None or (type(delta_30d) is float and math.isfinite(delta_30d)))
+    ):
+        return _validated_health_score(ev, computed)
+    return _model(
+        HealthScore,
+        {
+            "account_id": ev.account_id,
+            "score": score,
+            "bucket": ev.bucket,
+            "grade": ev.grade,
+            "stage": ev.stage,
+            "scorecard": _scorecard_ref(ev.scorecard),
+            "components": models,
+            "missing": list(ev.missing),
+            "trend": _model(Trend, {"delta_7d": delta_7d, "delta_30d": delta_30d}, _TREND_SET),
+            "as_of": _utc(ev.as_of),
+            "computed_at": _utc(computed),
+            "low_confidence": ev.low_confidence,
+            "schema_version": 1,
+        },
+        _HEALTH_SCORE_SET,
+    )
+
+
+def _validated_health_score(ev: Evaluation, computed: int) -> HealthScore:
+    # The reference construction: one dict, validated by the model.
     return HealthScore.model_validate(
         {
             "account_id": ev.account_id,
@@ -501,6 +1033,98 @@ def health_score(ev: Evaluation, *, now_ms: int | None = None) -> HealthScore:
             "low_confidence": ev.low_confidence,
         }
     )
+
+
+# The fields a validated message has "set" (schema_version is a default).
+# Shared by every message built here: frozen models never add to it, and
+# model_copy copies it before an update.
+_HEALTH_SCORE_SET: Final = set(HealthScore.model_fields) - {"schema_version"}
+_TREND_SET: Final = set(Trend.model_fields)
+_COMPONENT_SET: Final = set(Component.model_fields)
+
+
+def _model(cls: type[_M], fields: dict[str, Any], fields_set: set[str]) -> _M:
+    # What BaseModel.model_construct ends with, without its per-field loop:
+    # the fields are complete and already valid (the caller checked them).
+    model = _new_object(cls)
+    _set_attribute(model, "__dict__", fields)
+    _set_attribute(model, "__pydantic_fields_set__", fields_set)
+    _set_attribute(model, "__pydantic_extra__", None)
+    _set_attribute(model, "__pydantic_private__", None)
+    return model
+
+
+_isfinite = math.isfinite
+_INF: Final = math.inf
+
+
+def _component_model(c: ComponentResult) -> Component | None:
+    """The message form of a component, or ``None`` if it would not validate."""
+    metric, value, score, weight, contribution = c
+    if value is not None and (type(value) is not float or not _isfinite(value)):
+        return None
+    score = round(score, 1)
+    weight = round(weight, 4)
+    contribution = round(contribution, 2)
+    if not (
+        type(score) is float
+        and type(weight) is float
+        and type(contribution) is float
+        and 0.0 <= score <= 100.0
+        and 0.0 <= weight < _INF
+        and -_INF < contribution < _INF
+    ):
+        return None
+    model: Component = _new_object(Component)
+    _set_attribute(
+        model,
+        "__dict__",
+        {
+            "metric": metric,
+            "value": value,
+            "score": score,
+            "weight": weight,
+            "contribution": contribution,
+        },
+    )
+    _set_attribute(model, "__pydantic_fields_set__", _COMPONENT_SET)
+    _set_attribute(model, "__pydantic_extra__", None)
+    _set_attribute(model, "__pydantic_private__", None)
+    return model
+
+
+_SCORECARD_REFS: dict[tuple[str, str], ScorecardRef] = {}
+
+
+def _scorecard_ref(ref: tuple[str, str]) -> ScorecardRef:
+    model = _SCORECARD_REFS.get(ref)
+    if model is None:
+        model = ScorecardRef(name=ref[0], version=ref[1])
+        if len(_SCORECARD_REFS) < 256:
+            _SCORECARD_REFS[ref] = model
+    return model
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_DATES: dict[int, str] = {}
+_TWO_DIGITS: Final = tuple(f"{n:02d}" for n in range(60))
+
+
+def _utc(ms: int) -> str:
+    """:func:`schemas.outputs.format_utc`, with the date part cached per day."""
+    day, rest = divmod(ms, DAY_MS)
+    date = _DATES.get(day)
+    if date is None:
+        if len(_DATES) >= 4096:
+            _DATES.clear()
+        date = _DATES[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+    seconds, millis = divmod(rest, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    two = _TWO_DIGITS
+    if millis:
+        return f"{date}{two[hours]}:{two[minutes]}:{two[seconds]}.{millis:03d}Z"
+    return f"{date}{two[hours]}:{two[minutes]}:{two[seconds]}Z"
 
 
 def rescore(

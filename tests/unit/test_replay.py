@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,12 @@ from click.testing import CliRunner, Result
 
 from schemas.events import Event, event_to_json
 from schemas.outputs import BucketChange, HealthScore
+from service.account_state import AccountState
 from service.cli_replay import replay as replay_cli
-from service.replay import replay
-from service.scorecard import default_scorecard
-from tests.unit.test_scoring import SEATS_CARD, at, event
+from service.replay import InvalidLine, decode_lines, replay
+from service.scorecard import Scorecard, default_scorecard, parse_scorecard
+from service.scoring import on_event, on_timer
+from tests.unit.test_scoring import SEATS_CARD, T0, at, event
 
 
 def _line(e: Event) -> bytes:
@@ -196,3 +200,173 @@ def test_replay_counts_late_events_and_ticks_silent_accounts_to_as_of() -> None:
     assert score.as_of == "2024-07-12T09:00:00Z"
     assert score.bucket == "red"  # a month of silence
     assert [c.to_bucket for c in result.changes][-1] == "red"
+
+
+# ------------------------------------------------------------ pinned output
+
+DAY = 86_400_000
+KEY_FEATURES = ("automation", "integrations", "reports")
+OTHER_FEATURES = ("campaigns", "templates", "newsletters", "segments")
+
+
+def golden_lines(accounts: int = 20, days: int = 30, seed: int = 20240301) -> list[bytes]:
+    """A varied, deterministic history as JSON lines: busy, declining, silent,
+    ticket-storm and onboarding accounts, with surveys, pulses, KPIs (whole
+    and fractional), contracts, invoices, milestones, some events out of
+    order and a redelivered one. Its own generator (not the simulator), so
+    that only a change of the scoring model can move the pin below."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for a in range(accounts):
+        out.extend(_golden_account(rng, a, days))
+    out.sort(key=lambda e: e["occurred_at"])
+    for _ in range(len(out) // 50):  # some arrive a little out of order
+        i = rng.randrange(len(out) - 5)
+        j = i + rng.randrange(1, 5)
+        out[i], out[j] = out[j], out[i]
+    out.insert(len(out) // 2, out[len(out) // 3])  # a redelivery
+    return [orjson.dumps(e) for e in out]
+
+
+def _golden_account(rng: random.Random, a: int, days: int) -> list[dict[str, Any]]:
+    account = f"acct-{a:02d}"
+    persona = a % 5
+    seats = 5 + rng.randrange(40)
+    users = [f"{account}-u{i}" for i in range(max(1, seats * rng.randrange(3, 11) // 10))]
+    out: list[dict[str, Any]] = []
+
+    def add(day: float, type_: str, **fields: Any) -> None:
+        when = T0 + int(day * DAY) + rng.randrange(3_600_000)
+        out.append(
+            {
+                "event_id": f"{account}-{len(out)}",
+                "account_id": account,
+                "type": type_,
+                "occurred_at": when,
+                **fields,
+            }
+        )
+
+    stages = ["adoption", "maturity", "renewal"]
+    add(
+        0,
+        "account",
+        seats=seats,
+        plan="pro",
+        arr=1200.0 * seats,
+        lifecycle_stage="onboarding" if persona == 4 else rng.choice(stages),
+        segment="smb" if persona == 4 or a % 7 == 3 else "mid_market",
+        customer_since=T0 - rng.randrange(30, 900) * DAY,
+        renewal_at=T0 + rng.randrange(10, 300) * DAY,
+    )
+    add(0.1, "invoice", status="paid", amount=99.5)
+    for d in range(days):
+        if persona == 2 and d >= 12:
+            break  # silent from day 12
+        active = len(users)
+        if persona == 1 and d >= 10:
+            active = max(1, len(users) * (30 - d) // 20)  # declining
+        weekday = d % 7 < 5
+        for user in users[:active]:
+            if not weekday and rng.random() < 0.8:
+                continue
+            if rng.random() < 0.85:
+                add(d + 0.35, "login", user_id=user)
+            if rng.random() < 0.7:
+                feature = rng.choice(KEY_FEATURES if rng.random() < 0.4 else OTHER_FEATURES)
+                add(d + 0.45, "feature_use", user_id=user, feature=feature, count=1 + d % 3)
+        value = rng.choice([float(rng.randrange(100, 2000)), rng.randrange(100, 2000) + 0.25])
+        add(d + 0.8, "kpi", metric="newsletters_sent", value=value)
+        if d % 7 == 2:
+            add(d + 0.6, "csm_touch", channel=rng.choice(["call", "meeting", "email"]))
+        if rng.random() < 0.08:
+            add(d + 0.65, "survey", kind="nps", score=rng.randrange(11))
+        if rng.random() < 0.05:
+            add(d + 0.66, "survey", kind="csat", score=1 + rng.randrange(5))
+        if d % 10 == 1:
+            rating = "red" if persona == 1 and d > 15 else rng.choice(["green", "yellow"])
+            expires = T0 + (d + rng.randrange(3, 20)) * DAY
+            add(d + 0.7, "pulse", rating=rating, reason="weekly read", expires_at=expires)
+        storm = persona == 3 and 8 <= d < 16
+        if storm or rng.random() < 0.06:
+            ticket = f"t{d}-{rng.randrange(3)}"
+            priority = "urgent" if storm else rng.choice(["low", "normal", "high"])
+            opened = {"ticket_id": ticket, "priority": priority}
+            add(d + 0.5, "support_ticket", status="opened", **opened)
+            if storm and d % 3 == 0:
+                add(d + 0.55, "support_ticket", status="escalated", **opened)
+            if not storm or d % 2 == 0:
+                csat = 1 + rng.randrange(5)
+                add(
+                    d + 0.5 + rng.random() * 2,
+                    "support_ticket",
+                    status="resolved",
+                    csat=csat,
+                    **opened,
+                )
+        if persona == 4 and d in (2, 6, 15):
+            names = {2: "account_configured", 6: "users_invited", 15: "first_campaign_sent"}
+            add(d + 0.3, "milestone", name=names[d])
+        if persona == 1 and d == 20:
+            add(d + 0.75, "contract", action="downgrade", amount=500)
+        if persona == 2 and d == 11:
+            add(d + 0.76, "contract", action="churn_notice")
+        if d == 17 and a % 4 == 1:
+            add(d + 0.2, "invoice", status="overdue", amount=99.5)
+    return out
+
+
+def golden_digest(lines: list[bytes], card: Scorecard) -> str:
+    """sha256 of everything the model emits for ``lines``: the replay's scores
+    and bucket changes, and every score and change of the stream cadence
+    (with a daily timer and a changelog round trip now and then)."""
+    digest = hashlib.sha256()
+    result = replay(lines, card, now_ms=0)
+    for score in result.scores:
+        digest.update(score.model_dump_json().encode())
+    for change in result.changes:
+        digest.update(change.model_dump_json().encode())
+    states: dict[str, AccountState] = {}
+    watermark: int | None = None
+    for count, (_, item) in enumerate(decode_lines(lines), start=1):
+        assert not isinstance(item, InvalidLine)
+        state = states.setdefault(item.account_id, AccountState.new(item.account_id))
+        step = on_event(state, item, card, watermark=watermark, now_ms=0)
+        if step.score is not None:
+            digest.update(step.score.model_dump_json().encode())
+        for change in step.changes:
+            digest.update(change.model_dump_json().encode())
+        watermark = item.occurred_at if watermark is None else max(watermark, item.occurred_at)
+        if count % 97 == 0:
+            states[item.account_id] = AccountState.from_bytes(state.to_bytes())
+    assert watermark is not None
+    for k in range(1, 100, 3):  # silence to the end of the retained horizon
+        for account_id in sorted(states):
+            step = on_timer(states[account_id], watermark + k * DAY, card, now_ms=0)
+            if step.score is not None:
+                digest.update(step.score.model_dump_json().encode())
+            for change in step.changes:
+                digest.update(change.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+#: golden_digest(golden_lines(), card) of the scoring model as it was before
+#: the performance work (computed with that code), daily and hourly ticks.
+#: Any change of a score, bucket, grade, component, driver, change id or trend
+#: moves it; change it only with a deliberate change of the model.
+GOLDEN_DAILY = "637841c4a421705888810f2dc37583fa91a0e9fe5aee7a9a4fc05c43216fecfa"
+GOLDEN_HOURLY = "a2c7d7a4ea8b453758c906e0e3caee8eab170165d0e24ba24b012aaf4b0ce79a"
+
+
+def _hourly(card: Scorecard) -> Scorecard:
+    text = (Path(__file__).parents[2] / "service" / "scorecards" / "default.yaml").read_text()
+    return parse_scorecard(
+        text.replace("rescore_interval_minutes: 1440", "rescore_interval_minutes: 60"), "hourly"
+    )
+
+
+def test_the_model_output_is_pinned() -> None:
+    lines = golden_lines()
+    card = default_scorecard()
+    assert golden_digest(lines, card) == GOLDEN_DAILY
+    assert golden_digest(lines, _hourly(card)) == GOLDEN_HOURLY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from service.cli_scorecard import scorecard as scorecard_cli
+from service.metrics_catalog import CATALOG
 from service.scorecard import (
     Normalisation,
     ScorecardError,
@@ -389,3 +391,17 @@ def test_scorecard_check_reports_one_line_and_exits_1(tmp_path: Path) -> None:
     assert lines[0].endswith(
         f"{path}: buckets.hysteresis: Input should be less than or equal to 20"
     )
+
+
+def test_resolved_profiles_carry_what_each_metric_reads_and_how_long_it_lasts() -> None:
+    card = default_scorecard()
+    for profile in card.resolved_profiles:
+        assert len(profile.reads) == len(profile.stables) == len(profile.metrics)
+        for metric, reads in zip(profile.metrics, profile.reads, strict=True):
+            definition = card.metrics[metric]
+            assert reads == CATALOG[definition.source_name(metric)].dependencies
+    # Scoring's compiled form lives with the profile, not in comparisons.
+    profile = card.resolved_profiles[0]
+    profile.compiled["probe"] = object()
+    assert profile == replace(profile, compiled={})
+    del profile.compiled["probe"]

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import textwrap
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from schemas.events import Event, event_adapter
+from schemas.outputs import HealthScore, format_utc
 from service.account_state import (
     DEDUP_IDS,
     HORIZON_MS,
@@ -24,15 +30,28 @@ from service.account_state import (
     AccountState,
     ApplyResult,
 )
-from service.metrics_catalog import CATALOG, build_extractor
-from service.scorecard import Buckets, Scorecard, parse_scorecard
+from service.metrics_catalog import CATALOG, build_extractor, build_stability
+from service.scorecard import (
+    Buckets,
+    Scorecard,
+    compile_condition,
+    default_scorecard,
+    parse_scorecard,
+)
 from service.scoring import (
+    Evaluation,
+    _plan,
+    _utc,
+    _validated_health_score,
+    _weigh,
     change_id,
     due_ticks,
     evaluate,
     evaluate_condition,
+    health_score,
     hysteresis_bucket,
     on_event,
+    on_timer,
     rescore,
     score_at,
 )
@@ -1253,3 +1272,333 @@ def test_health_score_message_shape() -> None:
     assert all(
         c.weight == 0 and c.value is None for c in score.components if c.metric in score.missing
     )
+
+
+# ================================================================ the fast paths
+#
+# evaluate() reuses metric values between calls (see service/scoring.py) and
+# health_score() assembles the message without re-validating it. These tests
+# pin both to their reference definitions.
+
+HEALTH_SCORE_SCHEMA = Draft202012Validator(
+    orjson.loads(
+        (Path(__file__).parents[2] / "schemas/json/outputs/health-score.schema.json").read_bytes()
+    )
+)
+
+
+def _fields(ev: Evaluation) -> tuple[Any, ...]:
+    # Every field, values in order, floats compared bit for bit through repr.
+    return (repr(ev), list(ev.values.items()))
+
+
+@pytest.mark.parametrize("name", ["default", "missing", "gated", "rule"])
+@given(known=st.integers(0, 2**40))
+@settings(max_examples=40, deadline=None)
+def test_plan_weights_match_weigh(name: str, known: int) -> None:
+    scorecard = {
+        "default": default_scorecard(),
+        "missing": _missing_card("flag"),
+        "gated": card(GATED_CARD),
+        "rule": card(RULE_CARD),
+    }[name]
+    for profile in scorecard.resolved_profiles:
+        plan = _plan(profile)
+        values: list[float | None] = [None] * len(profile.metrics)
+        mask = 0
+        for slot, i in enumerate(plan.weighted):
+            if known >> slot & 1:
+                values[i] = (known >> (slot + 3) & 7) / 7  # some value in 0..1
+                mask |= 1 << slot
+        values_by_metric = dict(zip(profile.metrics, values, strict=True))
+        components, missing, share, total = _weigh(profile, values_by_metric)
+        effective, plan_share, plan_missing = plan.weights(mask)
+        assert plan.components(values, effective) == list(components)
+        assert [repr(c) for c in plan.components(values, effective)] == [
+            repr(c) for c in components
+        ]
+        assert (plan_share, plan_missing) == (share, tuple(missing))
+        running = 0.0
+        for component in plan.components(values, effective):
+            running += component.contribution
+        assert repr(running) == repr(total)
+
+
+CONDITION = st.recursive(
+    st.builds(
+        lambda metric, op, value: {"metric": metric, "op": op, "value": value},
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
+        st.sampled_from([0, 0.5, 1]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"all": parts}),
+        st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"any": parts}),
+        inner.map(lambda part: {"not": part}),
+    ),
+    max_leaves=6,
+)
+
+
+@given(
+    condition=CONDITION,
+    values=st.fixed_dictionaries(
+        {m: st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 2.0])) for m in "abc"}
+    ),
+)
+@settings(max_examples=200, deadline=None)
+def test_compiled_conditions_agree_with_evaluate_condition(
+    condition: dict[str, Any], values: dict[str, float | None]
+) -> None:
+    scorecard = card(
+        f"""
+        name: c
+        version: 1
+        metrics:
+          a: {{source: seats, normalise: {{poor: 0, good: 1}}}}
+          b: {{source: arr, normalise: {{poor: 0, good: 1}}}}
+          c: {{source: tenure_days, normalise: {{poor: 0, good: 1}}}}
+        groups: {{g: {{weight: 1, metrics: {{a: 1}}}}}}
+        buckets: {{green: 70, yellow: 45}}
+        gates: [{{name: g, when: {orjson.dumps(condition).decode()}, cap: yellow}}]
+        """
+    )
+    cond = scorecard.gates[0].condition
+    assert compile_condition(cond)(values) is evaluate_condition(cond, values)
+
+
+def _stream_states(events: list[Event], scorecard: Scorecard) -> AccountState:
+    state = AccountState.new("acme")
+    watermark: int | None = None
+    for e in sorted(events, key=lambda e: e.occurred_at):
+        on_event(state, e, scorecard, watermark=watermark)
+        watermark = e.occurred_at if watermark is None else max(watermark, e.occurred_at)
+    return state
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=random_events(),
+    steps=st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 23), st.booleans()), min_size=1, max_size=25
+    ),
+)
+def test_cached_evaluations_equal_fresh_ones(
+    events: list[Event], steps: list[tuple[int, int, bool]]
+) -> None:
+    # However the values cached in a state were reached (events, ticks,
+    # same-day and later-day evaluations, compaction), evaluating it gives
+    # what evaluating a copy without any cache gives.
+    scorecard = default_scorecard()
+    state = _stream_states(events, scorecard)
+    assert state.scored_at is not None
+    now = state.scored_at
+    for days, hour, tick in steps:
+        now = (now // DAY_MS + days) * DAY_MS + hour * HOUR
+        if tick:
+            on_timer(state, now, scorecard)
+        fresh = AccountState.from_bytes(state.to_bytes())
+        assert _fields(evaluate(state, now, scorecard)) == _fields(evaluate(fresh, now, scorecard))
+        if days == 0 and hour % 5 == 0:
+            extra = event("login", now, user_id=f"late-{hour}")
+            state.apply(extra)
+            fresh.apply(extra)
+            assert _fields(evaluate(state, now, scorecard)) == _fields(
+                evaluate(fresh, now, scorecard)
+            )
+
+
+STABILITY_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("active_seat_ratio", {"days": 30}),
+    ("active_users", {"days": 7}),
+    ("logins_per_active_user", {"days": 7, "base_days": 30}),
+    ("login_consistency", {"days": 10}),
+    ("days_since_last_activity", {}),
+    ("silence_ratio", {"days": 90}),
+    ("feature_breadth", {"days": 30}),
+    ("key_feature_adoption", {"features": ["a", "b"], "days": 14}),
+    ("usage_trend", {"days": 7, "min_events": 2}),
+    ("open_tickets", {}),
+    ("tickets_per_seat", {"days": 30}),
+    ("resolution_hours", {"days": 20}),
+    ("escalations", {"days": 90}),
+    ("csat", {"days": 30}),
+    ("nps", {"days": 90}),
+    ("csm_touches", {"days": 14}),
+    ("days_since_csm_touch", {}),
+    ("milestones_reached", {"names": ["a", "b"]}),
+    ("tenure_days", {}),
+    ("days_to_renewal", {}),
+    ("seats", {}),
+    ("arr", {}),
+    ("kpi_total", {"metric": "newsletters_sent", "days": 7}),
+    ("kpi_trend", {"metric": "newsletters_sent", "days": 7}),
+    ("contract_events", {"actions": ["downgrade", "upsell"], "days": 30}),
+    ("invoice_overdue", {}),
+]
+
+
+def test_every_source_but_the_pulse_says_how_long_its_value_lasts() -> None:
+    assert {s for s, _ in STABILITY_CASES} == set(CATALOG) - {"csm_pulse"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=random_events(), offset=st.integers(-5, 200))
+def test_a_value_holds_until_its_stable_day(events: list[Event], offset: int) -> None:
+    # Source.stable promises: with no event applied, the value at every day
+    # from the as-of day up to the day it returns is the value at the as-of day.
+    state = state_of(events)
+    assert state.last_event_at is not None
+    day = state.last_event_at // DAY_MS + offset
+    for source, params in STABILITY_CASES:
+        extract = build_extractor(source, params)
+        value = extract(state, day * DAY_MS + 3 * HOUR)
+        until = build_stability(source, params)(state, day * DAY_MS + 3 * HOUR, value)
+        assert until >= day, source
+        for later in range(day, min(until, day + 200) + 1):
+            assert repr(extract(state, later * DAY_MS + 20 * HOUR)) == repr(value), (
+                source,
+                later,
+            )
+
+
+def _scenario_evaluations() -> list[Evaluation]:
+    scorecard = default_scorecard()
+    out: list[Evaluation] = []
+    state = AccountState.new("acme")
+    for e in sorted(_varied_events(), key=lambda e: e.occurred_at):
+        step = on_event(state, e, scorecard)
+        assert step.evaluation is not None
+        out.append(step.evaluation)
+    for k in range(1, 60, 4):
+        step = on_timer(state, at(6 + k, 13.25), scorecard)
+        if step.evaluation is not None:
+            out.append(step.evaluation)
+    return out
+
+
+@pytest.mark.parametrize("now_ms", [NOW, 1_714_555_800_123, 0])
+def test_health_score_is_the_validated_message(now_ms: int) -> None:
+    # The message assembled without validation is the one validation gives,
+    # field for field (types included), and it passes the model and the
+    # JSON Schema of the topic.
+    for ev in _scenario_evaluations():
+        fast = health_score(ev, now_ms=now_ms)
+        slow = _validated_health_score(ev, now_ms)
+        assert fast == slow
+        assert fast.model_dump_json() == slow.model_dump_json()
+        assert fast.model_fields_set == slow.model_fields_set
+        assert [c.model_fields_set for c in fast.components] == [
+            c.model_fields_set for c in slow.components
+        ]
+        assert HealthScore.model_validate_json(fast.model_dump_json()) == fast
+        HEALTH_SCORE_SCHEMA.validate(orjson.loads(fast.model_dump_json()))
+        again = health_score(ev, now_ms=now_ms)  # component models reused
+        assert again == fast and again.model_dump_json() == fast.model_dump_json()
+
+
+def test_a_non_finite_value_takes_the_validating_path() -> None:
+    ev = _scenario_evaluations()[-1]
+    bad = ev.components[0]._replace(value=math.inf)
+    broken = Evaluation(
+        **{
+            **{f: getattr(ev, f) for f in ev.__dataclass_fields__},
+            "components": (bad, *ev.components[1:]),
+        }
+    )
+    with pytest.raises(ValidationError):
+        health_score(broken, now_ms=NOW)
+
+
+@given(st.integers(0, 253_402_300_799_999))
+def test_message_timestamps_are_format_utc(ms: int) -> None:
+    assert _utc(ms) == format_utc(ms)
+
+
+# ================================================================ state form
+
+
+def test_playbook_memory_round_trips_under_its_own_key() -> None:
+    state = state_of(_varied_events())
+    assert state.playbooks is None and "pb" not in state.to_dict()
+    state.playbooks = {"churn_watch": {"active": True, "since": at(3)}, "n": [1, 2]}
+    data = orjson.loads(state.to_bytes())
+    assert data["pb"] == state.playbooks
+    restored = AccountState.from_bytes(state.to_bytes())
+    assert restored.playbooks == state.playbooks
+    assert restored.to_dict() == state.to_dict()
+    with pytest.raises(ValueError):
+        AccountState.from_dict({**data, "pb": [1]})
+
+
+def _format_1(state: AccountState) -> dict[str, Any]:
+    # The serialised form before version 2 (how changelogs written by older
+    # workers look).
+    data = state.to_dict()
+    data["v"] = 1
+    data["n"] = dict(state.counts)
+    data["sn"] = state.snapshot
+    data["h"] = (
+        [
+            min(state.score_history),
+            *[
+                state.score_history.get(d)
+                for d in range(min(state.score_history), max(state.score_history) + 1)
+            ],
+        ]
+        if state.score_history
+        else []
+    )
+    data["bl"] = {m: [v, c] for m, (v, c) in state.baseline.items() if v is not None or c}
+    data["g"] = list(state.gates)
+    return {k: v for k, v in data.items() if v or k in ("v", "id", "pd")}
+
+
+def test_format_1_states_are_still_read() -> None:
+    scorecard = default_scorecard()
+    state = AccountState.new("acme")
+    for e in sorted(_varied_events(), key=lambda e: e.occurred_at):
+        on_event(state, e, scorecard)
+    on_timer(state, at(40), scorecard)
+    old = AccountState.from_bytes(orjson.dumps(_format_1(state)))
+    assert old.to_dict() == state.to_dict()
+    assert _fields(evaluate(old, at(41), scorecard)) == _fields(evaluate(state, at(41), scorecard))
+
+
+def test_an_idle_account_state_fits_in_2_kb() -> None:
+    # A busy 20-user account (the benchmark's), then 91 days of silence.
+    from service.bench_scoring import account_events
+
+    scorecard = default_scorecard()
+    state = AccountState.new("acct-20")
+    watermark: int | None = None
+    for e in account_events("acct-20", 91):
+        on_event(state, e, scorecard, watermark=watermark)
+        watermark = e.occurred_at
+    assert state.last_event_at is not None
+    on_timer(state, state.last_event_at + 91 * DAY_MS, scorecard)
+    assert len(state.to_bytes()) <= 2048
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=random_events(), every=st.integers(1, 5), silence=st.integers(0, 120))
+def test_the_serialised_form_does_not_depend_on_when_it_was_taken(
+    events: list[Event], every: int, silence: int
+) -> None:
+    # The stream serialises the state after every event (parts of the form
+    # are kept between calls); the form must be what a state serialised only
+    # at the end gives.
+    scorecard = default_scorecard()
+    watched, plain = AccountState.new("acme"), AccountState.new("acme")
+    for i, e in enumerate(sorted(events, key=lambda e: e.occurred_at)):
+        on_event(watched, e, scorecard)
+        on_event(plain, e, scorecard)
+        if i % every == 0:
+            watched.to_bytes()
+    assert watched.last_event_at is not None
+    for k in range(0, silence, 7):
+        on_timer(watched, watched.last_event_at + k * DAY_MS, scorecard)
+        on_timer(plain, watched.last_event_at + k * DAY_MS, scorecard)
+        watched.to_bytes()
+    assert watched.to_dict() == plain.to_dict()
+    assert AccountState.from_bytes(watched.to_bytes()).to_dict() == plain.to_dict()

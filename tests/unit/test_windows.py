@@ -13,10 +13,12 @@ from service.windows import (
     DAY_MS,
     Count,
     DailyWindow,
+    DayIndex,
     LastSeen,
     Mean,
     Sum,
     day_of,
+    exact_number,
     window_start,
 )
 
@@ -205,3 +207,135 @@ def test_last_seen_histogram_matches_the_map(ops: list[tuple[str, int, int]], si
     assert len(seen) <= 12
     assert seen.count_since(since) == sum(1 for d in seen.days.values() if d >= since)
     assert LastSeen.load(12, seen.dump()).hist == seen.hist
+
+
+# ------------------------------------------------------------ running totals
+
+
+def _reference_fold(window: DailyWindow[Any, Any, Any], first: int, last: int) -> Any:
+    # DailyWindow's definition: merge the buckets of the range, in day order
+    # for a short range, in insertion order otherwise (float sums depend on it).
+    agg = window.agg
+    acc = agg.initialize()
+    buckets = window.buckets
+    if last - first < len(buckets):
+        for day in range(first, last + 1):
+            if day in buckets:
+                acc = agg.merge(acc, buckets[day])
+    else:
+        for day, bucket in buckets.items():
+            if first <= day <= last:
+                acc = agg.merge(acc, bucket)
+    return acc
+
+
+def _reference_dump(window: DailyWindow[Any, Any, Any]) -> list[Any]:
+    out: list[Any] = []
+    previous = 0
+    for day in sorted(window.buckets):
+        out += [day - previous, window.agg.dump(window.buckets[day])]
+        previous = day
+    return out
+
+
+NUMBERS = st.one_of(
+    st.integers(-50, 50),
+    st.integers(-50, 50).map(float),  # whole floats: exact running totals
+    st.floats(-100, 100, allow_nan=False).filter(lambda x: not x.is_integer()),
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 120), NUMBERS),
+        st.tuples(st.just("prune"), st.integers(0, 120), st.just(0)),
+        st.tuples(st.just("query"), st.integers(-5, 125), st.integers(0, 95)),
+    ),
+    max_size=150,
+)
+
+
+@pytest.mark.parametrize("agg", [Sum(), Count(), Mean()], ids=["sum", "count", "mean"])
+@given(ops=OPS, floats=st.booleans())
+def test_running_totals_answer_as_the_fold(agg: Any, ops: list[Any], floats: bool) -> None:
+    # Whatever the order of adds and prunes, and whatever the numbers (exact
+    # or not), every query answers exactly what folding the buckets gives,
+    # with the same type (an empty range is the empty fold).
+    window: DailyWindow[Any, Any, Any] = DailyWindow(agg)
+    for op, day, x in ops:
+        if op == "add":
+            window.add(day, x if floats else int(x))
+        elif op == "prune":
+            window.prune(day)
+        else:
+            last = day + x
+            expected = agg.result(_reference_fold(window, day, last))
+            got = window.result(day, last)
+            assert got == expected and type(got) is type(expected)
+            assert window.accumulate(day, last) == _reference_fold(window, day, last)
+            present = [d for d in window.buckets if day <= d <= last]
+            assert window.days_with_data(day, last) == len(present)
+            later = [d for d in window.buckets if d >= day]
+            assert window.next_day_with_data(day) == (min(later) if later else None)
+            assert window.dump() == _reference_dump(window)  # kept between calls
+    assert window.dump() == _reference_dump(window)
+    loaded = DailyWindow.load(agg, orjson.loads(orjson.dumps(window.dump())))
+    assert loaded.buckets == window.buckets
+    for first in range(-5, 125, 7):
+        assert loaded.result(first, first + 30) == window.result(first, first + 30)
+
+
+def test_whole_floats_sum_exactly_in_any_order() -> None:
+    window: DailyWindow[float, float, float] = DailyWindow(Sum())
+    for day, value in [(3, 1e12), (1, 7.0), (2, -3.0), (5, 2.0**40)]:
+        window.add(day, value)
+    assert window.result(1, 5) == 1e12 + 7.0 - 3.0 + 2.0**40
+    assert type(window.result(4, 4)) is int  # no bucket: the empty fold, 0
+
+
+@pytest.mark.parametrize(
+    ("value", "tag"),
+    [(3, 1), (-(2**70), 1), (3.0, 2), (2.0**40, 2), (2.0**41, 0), (0.5, 0), (True, 0)],
+)
+def test_exact_number(value: Any, tag: int) -> None:
+    assert exact_number(value) == tag
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["touch", "prune"]), st.integers(0, 30), st.integers(0, 60)),
+        max_size=120,
+    ),
+    since=st.integers(-3, 63),
+)
+def test_last_seen_next_day_matches_the_map(ops: list[tuple[str, int, int]], since: int) -> None:
+    seen = LastSeen(cap=12)
+    for op, key, day in ops:
+        if op == "touch":
+            seen.touch(f"k{key}", day)
+            assert seen.count_since(since) == sum(1 for d in seen.days.values() if d >= since)
+        else:
+            seen.prune(day)
+    later = [d for d in seen.days.values() if d >= since]
+    assert seen.next_day(since) == (min(later) if later else None)
+    assert seen.low_bound <= min(seen.days.values(), default=seen.low_bound)
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 20), st.one_of(st.none(), st.integers(0, 60))), max_size=120
+    ),
+    since=st.integers(-3, 63),
+)
+def test_day_index_counts_keys_by_day(ops: list[tuple[int, int | None]], since: int) -> None:
+    index = DayIndex()
+    expected: dict[str, int] = {}
+    for key, day in ops:
+        index.set(f"k{key}", day)
+        if day is None:
+            expected.pop(f"k{key}", None)
+        else:
+            expected[f"k{key}"] = day
+        assert index.count_since(since) == sum(1 for d in expected.values() if d >= since)
+    assert index.days == expected
+    later = [d for d in expected.values() if d >= since]
+    assert index.next_day(since) == (min(later) if later else None)
+    assert len(index) == len(expected)
