@@ -80,7 +80,9 @@ async def test_stream_and_replay_agree(
 ) -> None:
     now = int(time.time() * 1000)
     events = history(end_ms=now - now % TICK - 3_600_000)
-    worker = worker_factory(namespace, extra_env={"VITALS_TIMER_INTERVAL_S": "0.5", "VITALS_CLOCK_IDLE_S": "5"})
+    worker = worker_factory(
+        namespace, extra_env={"VITALS_TIMER_INTERVAL_S": "0.5", "VITALS_CLOCK_IDLE_S": "5"}
+    )
     await asyncio.to_thread(worker.wait_ready)
     assert {e.topic_kind for e in events} <= set(INPUT_TOPIC_KINDS)
     await produce(producer, namespace, events)
