@@ -287,6 +287,7 @@ class AccountState:
         "milestones",
         "nps",
         "playbooks",
+        "positions",
         "pruned_day",
         "pulse",
         "removed_before",
@@ -314,6 +315,12 @@ class AccountState:
         self.last_activity_at: int | None = None
         #: Digests of the last DEDUP_IDS applied event ids, oldest first.
         self.dedup: dict[bytes, None] = {}
+        #: Kafka positions applied to this state that the worker had not yet
+        #: committed when it last stored it ("topic:partition" -> offsets): a
+        #: record redelivered after a crash or rebalance is found here, so it
+        #: is not applied twice however many events the account had since.
+        #: Stored with the state so the two can never disagree; empty in replay.
+        self.positions: dict[str, list[int]] = {}
         # usage
         self.logins: DailyWindow[float, float, float] = DailyWindow(_SUM)
         #: Logins plus feature-use events per day (the usage-trend measure).
@@ -394,12 +401,15 @@ class AccountState:
 
     # ------------------------------------------------------------------ apply
 
-    def apply(self, event: Event) -> ApplyResult:
+    def apply(self, event: Event, newest_read: int | None = None) -> ApplyResult:
         """Apply one validated event of this account, at most once.
 
         Returns DUPLICATE for a recently applied ``event_id``, LATE for an
         event older than 90 days before the latest applied one (neither
-        changes the windows), else APPLIED.
+        changes the windows), else APPLIED. ``newest_read`` is the newest
+        ``occurred_at`` of the account read before this event but not
+        necessarily applied yet (a stream that reorders by event time passes
+        it, so an event is late by the order it arrived in, as in replay).
         """
         digest = blake2b(event.event_id.encode(), digest_size=8).digest()
         dedup = self.dedup
@@ -408,7 +418,10 @@ class AccountState:
             return ApplyResult.DUPLICATE
         at = event.occurred_at
         last = self.last_event_at
-        if last is not None and at < last - HORIZON_MS:
+        newest = last
+        if newest_read is not None and (last is None or newest_read > last):
+            newest = newest_read
+        if newest is not None and at < newest - HORIZON_MS:
             self.late += 1
             return ApplyResult.LATE
         dedup[digest] = None
@@ -812,6 +825,7 @@ class AccountState:
         if self.last_activity_at is not None:
             out["la"] = self.last_activity_at
         put("ids", base64.b64encode(b"".join(self.dedup)).decode())
+        put("ofs", self.positions)
         for key, window in _WINDOWS:
             put(key, getattr(self, window).dump())
         put("u", self.users.days)
@@ -871,6 +885,7 @@ class AccountState:
         if len(raw) % 8:
             raise ValueError("malformed dedup ids")
         state.dedup = {raw[i : i + 8]: None for i in range(0, len(raw), 8)}
+        state.positions = {tp: list(offsets) for tp, offsets in data.get("ofs", {}).items()}
         for key, window in _WINDOWS:
             if key in data:
                 current = getattr(state, window)

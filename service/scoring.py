@@ -1181,15 +1181,17 @@ def on_event(
     *,
     watermark: int | None = None,
     now_ms: int | None = None,
+    newest_read: int | None = None,
 ) -> Step:
     """One event through the cadence: pending ticks up to ``max(watermark,
     event time)``, then ``apply``, then (if applied) a rescore at the event's
     time. ``watermark`` is the driver's largest ``occurred_at`` *before* this
-    event (``None``: none yet)."""
+    event (``None``: none yet); ``newest_read`` is passed to
+    ``AccountState.apply`` (lateness by arrival order)."""
     changes: list[BucketChange] = []
     until = event.occurred_at if watermark is None else max(watermark, event.occurred_at)
     last = _run_ticks(state, until, scorecard, changes)
-    result = state.apply(event)
+    result = state.apply(event, newest_read)
     if result is ApplyResult.APPLIED:
         last, change = _rescore(state, event.occurred_at, scorecard)
         if change is not None:

@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     timer_interval_s: float = Field(
         10.0, gt=0, description="How often the worker checks for a new tick boundary."
     )
+    commit_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often the worker writes changed account states to the changelog and"
+            " commits its input offsets (a restart re-reads at most this much)."
+        ),
+    )
     clock_idle_s: float = Field(
         2.0,
         ge=0,

@@ -1,7 +1,7 @@
 """Wire once: the faust app, its topics, the state table and the web pages.
 
-Everything Kafka-shaped is built here from one ``Settings`` object; the agent
-bodies live in ``streams.ingest`` and call the pure functions of ``service``.
+Everything Kafka-shaped is built here from one ``Settings`` object; the processing
+loop lives in ``streams.processor`` and call the pure functions of ``service``.
 
 Design notes (see ../shared/FAUST_NOTES.md):
 - every topic is raw bytes in and out, so undecodable input reaches our own
@@ -9,8 +9,9 @@ Design notes (see ../shared/FAUST_NOTES.md):
 - the state table is a plain ``Table`` keyed by account id bytes whose value is
   an ``AccountState`` holding explicit event-time windows (no faust windowed
   tables: their expiry runs on wall-clock time);
-- agents run with concurrency 1 so offsets are never committed past an
-  in-flight message.
+- there is no faust agent on the input topics: the consumer hands fetched
+  batches to ``streams.processor`` (streams/batch_consumer.py explains why),
+  which commits offsets itself once results are produced.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from faust.serializers import codecs
 
 from service.account_state import AccountState
 from service.settings import Settings
+from streams.batch_consumer import BatchTransport
 
 log = logging.getLogger("vitals.streams")
 
@@ -105,7 +107,16 @@ def build_topology(settings: Settings) -> Topology:
         # whole by Kafka >= 0.10.1, so no fetch-size change is needed for big values.
         key_serializer="raw",
         value_serializer="raw",
+        # Nothing of ours is acknowledged through faust's streams (the batch
+        # path commits itself), so a rebalance has nothing to wait for.
+        stream_wait_empty=False,
+        # Bigger fetches make bigger batches when behind; a batch is whatever
+        # has arrived, so this costs no latency when caught up.
+        broker_max_poll_records=5000,
     )
+    # The consumer hands fetched batches of the input topics to the processor
+    # instead of faust's per-message stream path (streams/batch_consumer.py).
+    app.transport = BatchTransport(app.conf.broker_consumer, app)
 
     def raw_topic(name: str, **kwargs: Any) -> faust.TopicT:
         return app.topic(

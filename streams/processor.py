@@ -1,37 +1,54 @@
-"""The worker's one agent: input events, forwarded events and timer ticks, in partition order.
+"""The worker's processing loop: input events, forwarded events and timer ticks, in partition order.
 
 Thin by design: decoding is ``schemas.decode``, state changes and scoring are
 ``service.account_state`` / ``service.scoring``; this module moves bytes,
-keeps the per-partition event-time watermark and counts outcomes.
+keeps the per-partition event-time watermark, batches outputs and counts
+outcomes.
 
-One agent reads every input topic, the internal repartition topic and the
-internal ticks topic (all co-partitioned), so an account's events and its timer
-evaluations are applied one at a time, in order, with table writes landing in
-the changelog partition of the account.
+Batches, not messages: the consumer (``streams.batch_consumer``) hands every
+fetched batch of the input, repartition and ticks topics (all co-partitioned)
+to ``Processor.on_batch``. Within a batch an account's events are applied one
+at a time, in event-time order, exactly as ``vitals replay`` applies them; what
+is coalesced is only what a reader cannot tell apart:
+- the score message: one per account per batch, its newest (the scores topic
+  is compacted and keyed by account: only the latest score counts);
+- the changelog: one record per changed account per commit interval
+  (``VITALS_COMMIT_INTERVAL_S``), written before the offsets are committed,
+  as Kafka Streams' record cache does.
+Bucket changes and playbook triggers are every one of them, in order.
 
 Event-time order: the input topics are read at different speeds, so one
 account's events from two topics can be read out of order. Valid events wait
 in a per-partition buffer and are applied in ``occurred_at`` order once every
 source topic-partition of that partition has been read past them (or has had
-nothing to read for ``VITALS_CLOCK_IDLE_S``): the same order ``vitals replay``
-applies them in. A buffered message is acknowledged only once applied, so
-faust never commits past it.
+nothing to read for ``VITALS_CLOCK_IDLE_S``). An event is *late* by the order
+it was read in (older than 90 days before the newest event of its account
+read before it), as in replay.
 
-Guarantees:
-- nothing raises out of the loop for bad input (faust would ack and skip it):
-  each message is applied, recognised as a duplicate / late event, forwarded
-  to its account's partition, or dead-lettered with a reason;
-- a broker failure while producing propagates and stops the worker, so the
-  uncommitted offsets are consumed again after restart; duplicates are then
-  dropped by event id (bad data versus broken infrastructure, STYLE.md item 6).
+Delivery guarantees (at least once in, effectively once applied):
+- a commit first writes the changed states to the changelog and waits until
+  every output and changelog record produced so far is acknowledged by the
+  broker, then commits, per input partition, the offset below which every
+  record is applied (a buffered record holds its partition's offset back);
+- each state carries the positions (topic, partition, offset) applied to it
+  since the last commit it knew of, so a record read again after a crash or a
+  rebalance is recognised and skipped, whatever its event id; producer
+  duplicates are caught by event id as before;
+- bad input never stops the loop: each record is applied, recognised as a
+  duplicate / late event, forwarded to its account's partition, or
+  dead-lettered with a reason; a broker or table failure stops the worker,
+  and the uncommitted records are read again after the restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +59,7 @@ from schemas.decode import Rejected, decode_event
 from schemas.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from schemas.events import Event
 from service import metrics
-from service.account_state import AccountState, ApplyResult
+from service.account_state import AccountState
 from service.clock import PartitionProgress, timer_as_of
 from service.dead_letter import PROCESSING_ERROR, dead_letter_headers
 from service.partitioning import account_partition
@@ -52,8 +69,16 @@ from service.scorecard import Scorecard
 from service.scoring import Step, on_event, on_timer
 from service.webhook import WebhookDispatcher
 from streams.app import Topology
+from streams.batch_consumer import BatchConsumer, BatchTransport
 
 log = logging.getLogger("vitals.processor")
+
+#: Outcome label of a record read again after a crash or rebalance and
+#: recognised by its position (it was applied before).
+REDELIVERED = "redelivered"
+
+#: One message to produce: topic, key, value, partition (None: by key), headers.
+Outgoing = tuple[str, bytes | None, bytes, int | None, Sequence[tuple[str, bytes]] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +94,27 @@ class Origin:
 class Pending:
     """A buffered item: a valid event waiting for its turn, or a timer tick."""
 
-    event: Any  # the faust event, acknowledged once the item is applied
+    #: Where it was read: (topic, partition) and offset.
+    source: tuple[str, int]
+    offset: int
     decoded: Event | None
     as_of: int | None
     origin: Origin | None = None
     started: float = 0.0
+    #: The account's newest event time read before this event (lateness).
+    newest_read: int | None = None
+    #: The consumer record (its bytes go to the DLQ if the model fails on it).
+    record: Any = None
+
+
+@dataclass(slots=True)
+class Unpublished:
+    """The newest score of an account not yet published in this batch."""
+
+    step: Step
+    state: AccountState
+    #: When the oldest event it reflects was read (latency metric).
+    started: float
 
 
 @dataclass
@@ -86,7 +127,7 @@ class Processor:
     dispatcher: WebhookDispatcher | None = None
     #: (topic, partition) -> newest occurred_at read from it.
     watermarks: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: (topic, partition) -> last offset processed.
+    #: (topic, partition) -> last offset read.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: account key -> latest published summary (portfolio, accounts-per-bucket gauge).
     summaries: dict[bytes, AccountSummary] = field(default_factory=dict)
@@ -100,28 +141,150 @@ class Processor:
     arrivals: int = 0
     #: partition -> last computed safe time (see ``release``).
     safe_cache: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: account key -> newest occurred_at read (lateness by arrival order).
+    newest_read: dict[bytes, int] = field(default_factory=dict)
+    #: account key -> partition, for states changed since the last changelog write.
+    dirty: dict[bytes, int] = field(default_factory=dict)
+    #: account key -> its newest score of the current batch.
+    unpublished: dict[bytes, Unpublished] = field(default_factory=dict)
+    #: Messages of the current batch, produced in order at its end.
+    outbox: list[Outgoing] = field(default_factory=list)
+    #: Delivery futures of everything produced since the last commit.
+    inflight: list[Any] = field(default_factory=list)
+    #: partition -> account keys; None when it must be rebuilt (after recovery).
+    index: dict[int, set[bytes]] | None = None
+    #: (topic, outcome) -> events counted in the current batch.
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_commit: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: "topic:partition" names of state positions, by (topic, partition).
+    _tp_names: dict[tuple[str, int], str] = field(default_factory=dict)
 
-    # ------------------------------------------------------------ messages
+    # ------------------------------------------------------------ state access
 
-    async def handle(self, event: Any) -> None:
-        """Process one faust event of the agent's channel (acks are manual)."""
-        message = event.message
-        settings = self.top.settings
-        self.positions[(message.topic, message.partition)] = message.offset
-        self.last_read[(message.topic, message.partition)] = time.monotonic()
-        if message.topic == settings.ticks_topic:
+    @property
+    def consumer(self) -> BatchConsumer:
+        consumer = self.top.app.consumer
+        assert isinstance(consumer, BatchConsumer)
+        return consumer
+
+    @property
+    def states(self) -> dict[bytes, AccountState]:
+        """The live account states (the faust table's in-memory store)."""
+        data: dict[bytes, AccountState] = self.top.accounts.data.data
+        return data
+
+    def partition_keys(self, partition: int) -> Iterable[bytes]:
+        """The account keys of ``partition`` this worker holds."""
+        if self.index is None:
+            index: dict[int, set[bytes]] = {}
+            partitions = self.top.settings.partitions
+            for key in self.states:
+                index.setdefault(account_partition(key, partitions), set()).add(key)
+            self.index = index
+        return list(self.index.get(partition, ()))
+
+    def _store(self, key: bytes, state: AccountState, partition: int) -> None:
+        states = self.states
+        if key not in states:
+            states[key] = state
+            # faust's memory store drops the keys of revoked partitions by
+            # this map (it only fills it itself during recovery).
+            self.top.accounts.data._key_partition[key] = partition
+            if self.index is not None:
+                self.index.setdefault(partition, set()).add(key)
+        self.dirty[key] = partition
+
+    # ------------------------------------------------------------ batches
+
+    async def on_batch(self, batch: Mapping[Any, Sequence[Any]], generation: int) -> None:
+        """Process one fetched batch (the ``BatchConsumer`` handler).
+
+        Shielded: a rebalance cancels the fetcher, but a batch half applied
+        and half published would lose outputs; the revocation handler waits
+        for the lock instead.
+        """
+        task = asyncio.ensure_future(self._locked_batch(batch, generation))
+        await asyncio.shield(task)
+
+    async def _locked_batch(self, batch: Mapping[Any, Sequence[Any]], generation: int) -> None:
+        app = self.top.app
+        async with self.lock:
+            if generation != app.consumer_generation_id:
+                return  # fetched before a rebalance; read again from the committed offsets
             try:
-                as_of = orjson.loads(message.value)["as_of"]
+                await self.process_batch(batch)
+            except Exception as exc:
+                # Broken infrastructure (broker, table): stop the worker so it
+                # is restarted and reads the uncommitted records again,
+                # rather than going on with a hole in its state.
+                log.critical("stopping the worker: %s", exc, exc_info=True)
+                await app.crash(exc)
+                raise
+
+    async def process_batch(self, batch: Mapping[Any, Sequence[Any]]) -> None:
+        """Read, apply what is due, publish, and commit when the interval has passed."""
+        consumer = self.top.app.consumer
+        assignment = consumer.assignment()
+        now = time.monotonic()
+        touched: set[int] = set()
+        for tp, records in batch.items():
+            if tp not in assignment or not records:
+                continue
+            source = (tp.topic, tp.partition)
+            self.last_read[source] = now
+            for record in records:
+                self.on_record(source, record)
+            self.positions[source] = records[-1].offset
+            touched.add(tp.partition)
+        for partition in touched:
+            self.release(partition)
+        await self.flush_outputs()
+        if time.monotonic() - self.last_commit >= self.top.settings.commit_interval_s:
+            await self.commit()
+
+    def on_record(self, source: tuple[str, int], record: Any) -> None:
+        """Buffer a tick or a valid event; dead-letter or forward anything else."""
+        settings = self.top.settings
+        topic, partition = source
+        if topic == settings.ticks_topic:
+            try:
+                as_of = orjson.loads(record.value)["as_of"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.error("ignoring malformed tick at offset %s", message.offset)
+                log.error("ignoring malformed tick at offset %s", record.offset)
                 as_of = None
-            if isinstance(as_of, int):
-                self.push(message.partition, as_of, Pending(event, None, as_of))
-            else:  # a flush marker: only releases what is due
-                event.ack()
-        else:
-            await self.on_input(event)
-        await self.release(message.partition)
+            if isinstance(as_of, int):  # else a flush marker: only releases what is due
+                self.push(partition, as_of, Pending(source, record.offset, None, as_of))
+            return
+        origin = self.origin_of(topic, record)
+        try:
+            decoded = decode_event(
+                record.value,
+                topic_kind=settings.input_topics.get(origin.topic),
+                key=record.key,
+                now_ms=int(time.time() * 1000),
+                max_bytes=settings.max_event_bytes,
+                max_future_ms=settings.max_future_ms,
+            )
+        except Rejected as rejected:
+            self.dead_letter(record, origin, rejected.reason, rejected.detail)
+            return
+        key = decoded.account_id.encode()
+        home = account_partition(key, settings.partitions)
+        if partition != home:
+            self.forward(record, origin, home)
+            return
+        at = decoded.occurred_at
+        newest = self.watermarks.get(source)
+        if newest is None or at > newest:
+            self.watermarks[source] = at
+        before = self.newest_read.get(key)
+        if before is None or at > before:
+            self.newest_read[key] = at
+        item = Pending(
+            source, record.offset, decoded, None, origin, time.perf_counter(), before, record
+        )
+        self.push(partition, at, item)
 
     def push(self, partition: int, at: int, item: Pending) -> None:
         self.arrivals += 1
@@ -135,11 +298,8 @@ class Processor:
         ``clock_idle_s`` does not hold the others back. ``inf`` when all are
         quiet, None when one has not shown any event time yet.
         """
-        app = self.top.app
         settings = self.top.settings
-        consumer = app.consumer
-        if consumer is None:
-            return None
+        consumer = self.top.app.consumer
         sources = set(settings.input_topics) | {settings.repartition_topic}
         now = time.monotonic()
         safe: float = math.inf
@@ -161,14 +321,13 @@ class Processor:
             safe = min(safe, newest)
         return safe
 
-    async def release(self, partition: int) -> None:
+    def release(self, partition: int) -> None:
         """Apply the buffered items of a partition that are due, oldest first."""
         heap = self.buffers.get(partition)
         if not heap:
             return
         # Recomputing the safe time walks the assignment; within a few
-        # milliseconds the last answer is as good (the profile showed it at
-        # ~10% of the worker's time when done for every message).
+        # milliseconds the last answer is as good.
         now = time.monotonic()
         cached = self.safe_cache.get(partition)
         if cached is not None and heap[0][0] <= cached[0] and now - cached[1] < 0.05:
@@ -179,23 +338,23 @@ class Processor:
                 return
             safe = computed
             self.safe_cache[partition] = (safe, now)
+        now_ms = int(time.time() * 1000)
         while heap and heap[0][0] <= safe:
             _, _, item = heapq.heappop(heap)
             if item.decoded is None:
                 assert item.as_of is not None
-                await self.on_tick(item.event.message, item.as_of)
+                self.on_tick(partition, item.as_of, now_ms)
             else:
-                await self.apply_event(item)
-            item.event.ack()
+                self.apply_event(partition, item, now_ms)
 
-    async def flush_all(self) -> None:
+    def release_all(self) -> None:
         for partition in list(self.buffers):
-            await self.release(partition)
+            self.release(partition)
 
-    def origin_of(self, message: Any) -> Origin:
-        if message.topic != self.top.settings.repartition_topic:
-            return Origin(message.topic, message.partition, message.offset)
-        headers = dict(message.headers or ())
+    def origin_of(self, topic: str, record: Any) -> Origin:
+        if topic != self.top.settings.repartition_topic:
+            return Origin(topic, record.partition, record.offset)
+        headers = dict(record.headers or ())
         try:
             return Origin(
                 bytes(headers[HEADER_TOPIC]).decode(),
@@ -205,78 +364,54 @@ class Processor:
         except (KeyError, ValueError):
             # Only this worker writes the repartition topic; an unmarked
             # record there is still dead-lettered, never dropped.
-            return Origin(message.topic, message.partition, message.offset)
+            return Origin(topic, record.partition, record.offset)
 
-    async def on_input(self, event: Any) -> None:
-        """Decode; dead-letter or forward at once, buffer valid events."""
-        message = event.message
-        settings = self.top.settings
-        now_ms = int(time.time() * 1000)
-        origin = self.origin_of(message)
-        try:
-            decoded = decode_event(
-                message.value,
-                topic_kind=settings.input_topics.get(origin.topic),
-                key=message.key,
-                now_ms=now_ms,
-                max_bytes=settings.max_event_bytes,
-                max_future_ms=settings.max_future_ms,
-            )
-        except Rejected as rejected:
-            await self.dead_letter(message, origin, rejected.reason, rejected.detail)
-            event.ack()
-            return
-        key = decoded.account_id.encode()
-        home = account_partition(key, settings.partitions)
-        if message.partition != home:
-            await self.forward(message, origin, home)
-            event.ack()
-            return
-        source = (message.topic, message.partition)
-        newest = self.watermarks.get(source)
-        if newest is None or decoded.occurred_at > newest:
-            self.watermarks[source] = decoded.occurred_at
-        item = Pending(event, decoded, None, origin, time.perf_counter())
-        self.push(message.partition, decoded.occurred_at, item)
+    def _tp_name(self, source: tuple[str, int]) -> str:
+        name = self._tp_names.get(source)
+        if name is None:
+            name = self._tp_names[source] = f"{source[0]}:{source[1]}"
+        return name
 
-    async def apply_event(self, item: Pending) -> None:
-        message = item.event.message
-        origin = item.origin
+    def apply_event(self, partition: int, item: Pending, now_ms: int) -> None:
+        """Apply one due event to its account (the pure part in ``apply``)."""
         decoded = item.decoded
+        origin = item.origin
         assert decoded is not None and origin is not None
-        now_ms = int(time.time() * 1000)
         key = decoded.account_id.encode()
+        state = self.states.get(key)
+        position = self._tp_name(item.source)
+        if state is not None and item.offset in state.positions.get(position, ()):
+            self.outcomes[(origin.topic, REDELIVERED)] += 1
+            return
+        fresh = state is None
+        if state is None:
+            state = AccountState.new(decoded.account_id)
         try:
-            state, step, triggers = self.apply(key, decoded, now_ms)
+            step = on_event(
+                state,
+                decoded,
+                self.scorecard,
+                watermark=None,
+                now_ms=now_ms,
+                newest_read=item.newest_read,
+            )
+            triggers = self.decide_playbooks(state, step)
         except Exception as exc:  # a bug in the pure model must not cost the event
             log.exception("processing failed for %s@%s", origin.topic, origin.offset)
-            await self.dead_letter(
-                message, origin, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
-            )
-            return
-        assert step.result is not None
-        outcome = step.result.value
-        if step.result is ApplyResult.APPLIED or step.evaluation is not None:
-            # Outside the try: a table or broker failure is infrastructure, not
-            # bad data, and stops the worker (the event is read again later).
-            self.top.accounts[key] = state  # one changelog record per event
-        await self.publish(key, step, item.started, state, triggers)
-        metrics.EVENTS_CONSUMED.labels(origin.topic, outcome).inc()
-        metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - decoded.occurred_at) / 1000))
+            detail = f"{type(exc).__name__}: {exc}"
+            self.dead_letter(item.record, origin, PROCESSING_ERROR, detail)
+            if fresh:
+                return
+            triggers = []
+            step = Step(None, None, [])
+        else:
+            assert step.result is not None
+            self.outcomes[(origin.topic, step.result.value)] += 1
+            metrics.EVENT_TIME_LAG_SECONDS.observe(max(0.0, (now_ms - decoded.occurred_at) / 1000))
+        state.positions.setdefault(position, []).append(item.offset)
+        self._store(key, state, partition)
+        self.publish(key, step, item.started, state, triggers)
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - item.started)
-
-    def apply(
-        self, key: bytes, event: Event, now_ms: int
-    ) -> tuple[AccountState, Step, list[dict[str, Any]]]:
-        """The pure part: the account's new state, its cadence step and triggers."""
-        state: AccountState | None = self.top.accounts.get(key)
-        if state is None:
-            state = AccountState.new(event.account_id)
-        # Events are applied in event-time order, so ticks up to the event's
-        # own time are exactly the ones replay runs before it.
-        step = on_event(state, event, self.scorecard, watermark=None, now_ms=now_ms)
-        triggers = self.decide_playbooks(state, step)
-        return state, step, triggers
 
     def decide_playbooks(self, state: AccountState, step: Step) -> list[dict[str, Any]]:
         """Playbook triggers of this step (memory kept in the account state)."""
@@ -284,33 +419,32 @@ class Processor:
             return []
         return playbooks_for_step(self.playbooks, self.scorecard, state, step)
 
-    async def on_tick(self, message: Any, as_of: int) -> None:
-        """Evaluate every account of the tick's partition at the tick's boundary."""
+    def on_tick(self, partition: int, as_of: int, now_ms: int) -> None:
+        """Evaluate every account of ``partition`` at the tick's boundary."""
         started = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        partitions = self.top.settings.partitions
-        accounts = self.top.accounts
+        states = self.states
         evaluated = 0
-        for key in list(accounts.keys()):
-            if account_partition(key, partitions) != message.partition:
+        for key in self.partition_keys(partition):
+            state = states.get(key)
+            if state is None:
                 continue
-            state: AccountState = accounts[key]
             step = on_timer(state, as_of, self.scorecard, now_ms=now_ms)
             if step.evaluation is not None:
                 triggers = self.decide_playbooks(state, step)
-                accounts[key] = state
-                await self.publish(key, step, started, state, triggers)
+                self._store(key, state, partition)
+                self.publish(key, step, started, state, triggers)
                 evaluated += 1
         log.info(
-            "tick %s on partition %d: %d accounts re-evaluated",
+            "tick %s on partition %d: %d accounts re-evaluated in %.3f s",
             as_of,
-            message.partition,
+            partition,
             evaluated,
+            time.perf_counter() - started,
         )
 
     # ------------------------------------------------------------ outputs
 
-    async def publish(
+    def publish(
         self,
         key: bytes,
         step: Step,
@@ -318,22 +452,45 @@ class Processor:
         state: AccountState,
         triggers: list[dict[str, Any]],
     ) -> None:
-        top = self.top
+        """Queue a step's bucket changes and triggers; keep its score for the batch end."""
+        settings = self.top.settings
         for change in step.changes:
-            await top.bucket_changes.send(key=key, value=pydantic_core.to_json(change))
+            self.outbox.append(
+                (settings.bucket_changes_topic, key, pydantic_core.to_json(change), None, None)
+            )
             metrics.BUCKET_TRANSITIONS.labels(change.from_bucket, change.to_bucket).inc()
-        score = step.score
-        if score is None:
+        if step.evaluation is None:
             return
-        await top.scores.send(key=key, value=pydantic_core.to_json(score))
         for trigger in triggers:
-            await top.triggers.send(key=key, value=orjson.dumps(trigger))
+            self.outbox.append((settings.triggers_topic, key, orjson.dumps(trigger), None, None))
             metrics.PLAYBOOK_TRIGGERS.labels(trigger["playbook"]).inc()
             if self.dispatcher is not None:
                 # Never blocks: a full queue is counted as a failed delivery.
                 self.dispatcher.submit(trigger)
-        metrics.SCORE_UPDATES.inc()
-        metrics.SCORE_LATENCY_SECONDS.observe(time.perf_counter() - started)
+        previous = self.unpublished.get(key)
+        first = started if previous is None else min(previous.started, started)
+        self.unpublished[key] = Unpublished(step, state, first)
+
+    async def flush_outputs(self) -> None:
+        """Queue the batch's newest score per account, then produce the batch's messages."""
+        if self.unpublished:
+            topic = self.top.settings.scores_topic
+            now = time.perf_counter()
+            latency = metrics.SCORE_LATENCY_SECONDS
+            for key, pending in self.unpublished.items():
+                score = pending.step.score
+                assert score is not None
+                self.outbox.append((topic, key, pydantic_core.to_json(score), None, None))
+                latency.observe(now - pending.started)
+                self._summarise(key, pending.state, score)
+            metrics.SCORE_UPDATES.inc(len(self.unpublished))
+            self.unpublished.clear()
+        for (topic, outcome), count in self.outcomes.items():
+            metrics.EVENTS_CONSUMED.labels(topic, outcome).inc(count)
+        self.outcomes.clear()
+        await self._produce_outbox()
+
+    def _summarise(self, key: bytes, state: AccountState, score: Any) -> None:
         previous = self.summaries.get(key)
         if previous is None or previous.bucket != score.bucket:
             if previous is not None:
@@ -348,25 +505,39 @@ class Processor:
             float(arr[0]) if arr else None,
         )
 
-    async def dead_letter(self, message: Any, origin: Origin, reason: str, detail: str) -> None:
+    async def _produce_outbox(self) -> None:
+        if not self.outbox:
+            return
+        producer = self.top.app.producer
+        inflight = self.inflight
+        outbox, self.outbox = self.outbox, []
+        for topic, key, value, partition, headers in outbox:
+            sent = await producer.send(
+                topic, key, value, partition, None, None if headers is None else list(headers)
+            )
+            inflight.append(sent)
+
+    def dead_letter(self, record: Any, origin: Origin, reason: str, detail: str) -> None:
+        """Queue a rejected record for the DLQ, its bytes and headers unchanged."""
         metrics.DLQ_RECORDS.labels(reason).inc()
-        metrics.EVENTS_CONSUMED.labels(origin.topic, "dead_lettered").inc()
+        self.outcomes[(origin.topic, "dead_lettered")] += 1
         headers = dead_letter_headers(
             topic=origin.topic,
             partition=origin.partition,
             offset=origin.offset,
             reason=reason,
             detail=detail,
-            original=message.headers,
+            original=record.headers,
         )
-        await self.top.dlq.send(key=message.key, value=message.value, headers=headers)
+        dlq = self.top.settings.dlq_topic
+        self.outbox.append((dlq, record.key, record.value, None, headers))
 
-    async def forward(self, message: Any, origin: Origin, partition: int) -> None:
+    def forward(self, record: Any, origin: Origin, partition: int) -> None:
         """Send an event read from the wrong partition to its account's partition."""
-        metrics.EVENTS_CONSUMED.labels(origin.topic, "repartitioned").inc()
+        self.outcomes[(origin.topic, "repartitioned")] += 1
         kept = [
             (name, value)
-            for name, value in (message.headers or ())
+            for name, value in (record.headers or ())
             if name not in (HEADER_TOPIC, HEADER_PARTITION, HEADER_OFFSET)
         ]
         headers = [
@@ -375,9 +546,93 @@ class Processor:
             (HEADER_PARTITION, str(origin.partition).encode()),
             (HEADER_OFFSET, str(origin.offset).encode()),
         ]
-        await self.top.repartition.send(
-            key=message.key, value=message.value, partition=partition, headers=headers
-        )
+        topic = self.top.settings.repartition_topic
+        self.outbox.append((topic, record.key, record.value, partition, headers))
+
+    # ------------------------------------------------------------ commits
+
+    def committable(self) -> dict[Any, int]:
+        """``{tp: next offset}`` below which every read record has been handled."""
+        consumer = self.consumer
+        settings = self.top.settings
+        topics = set(settings.input_topics) | {settings.repartition_topic, settings.ticks_topic}
+        held: dict[tuple[str, int], int] = {}
+        for heap in self.buffers.values():
+            for _, _, item in heap:
+                low = held.get(item.source)
+                if low is None or item.offset < low:
+                    held[item.source] = item.offset
+        offsets: dict[Any, int] = {}
+        committed = consumer._committed_offset
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            source = (tp.topic, tp.partition)
+            done = self.positions.get(source)
+            if done is None:
+                continue
+            upto = min(done + 1, held.get(source, done + 1))
+            last = committed.get(tp)
+            if last is None or upto > last:
+                offsets[tp] = upto
+        return offsets
+
+    async def commit(self) -> None:
+        """Write changed states to the changelog, wait for every send, commit offsets."""
+        self.last_commit = time.monotonic()
+        consumer = self.consumer
+        committed = consumer._committed_offset
+        if self.dirty:
+            states = self.states
+            changelog = self.top.settings.changelog_topic
+            by_name = {self._tp_name((tp.topic, tp.partition)): tp for tp in committed}
+            for key, partition in self.dirty.items():
+                state = states.get(key)
+                if state is None:
+                    continue
+                self._prune_positions(state, committed, by_name)
+                self.outbox.append((changelog, key, state.to_bytes(), partition, None))
+            self.dirty.clear()
+        await self._produce_outbox()
+        if self.inflight:
+            inflight, self.inflight = self.inflight, []
+            await asyncio.gather(*inflight)
+        offsets = self.committable()
+        if offsets:
+            await consumer.commit_offsets(offsets)
+
+    @staticmethod
+    def _prune_positions(state: AccountState, committed: Any, by_name: dict[str, Any]) -> None:
+        # Offsets below the committed one are never read again by any owner.
+        for name in list(state.positions):
+            tp = by_name.get(name)
+            low = None if tp is None else committed.get(tp)
+            if low is None:
+                continue
+            kept = [offset for offset in state.positions[name] if offset >= low]
+            if kept:
+                state.positions[name] = kept
+            else:
+                del state.positions[name]
+
+    async def commit_now(self) -> None:
+        """Commit outside a batch (timer, revocation, shutdown)."""
+        async with self.lock:
+            if self.dirty or self.inflight or self.outbox or self.committable():
+                await self.commit()
+
+    def forget_partitions(self) -> None:
+        """Drop what belongs to the previous assignment (records are read again)."""
+        self.buffers.clear()
+        self.safe_cache.clear()
+        self.positions.clear()
+        self.watermarks.clear()
+        self.last_read.clear()
+        self.newest_read.clear()
+        self.index = None
+        # The next owner of a partition must get a tick even for a boundary
+        # this worker already announced.
+        self.last_tick = 0
 
     # ------------------------------------------------------------ timer
 
@@ -390,7 +645,7 @@ class Processor:
             return
         assignment = consumer.assignment()
         # The assignment also holds the changelog partitions faust reads for
-        # recovery: only the topics this agent processes count for the clock.
+        # recovery: only the topics this worker processes count for the clock.
         sources = set(settings.input_topics) | {settings.repartition_topic}
         inputs = [tp for tp in assignment if tp.topic in sources]
         tick_tps = [tp for tp in assignment if tp.topic == settings.ticks_topic]
@@ -442,45 +697,53 @@ def install_processor(
     playbooks: PlaybookSet | None = None,
     dispatcher: WebhookDispatcher | None = None,
 ) -> Processor:
-    """Attach the agent, its timer and the webhook dispatcher to the app."""
+    """Attach the batch handler, its timers and the webhook dispatcher to the app."""
     processor = Processor(top, scorecard, playbooks, dispatcher)
+    app = top.app
+    transport = app.transport
+    assert isinstance(transport, BatchTransport)
+    settings = top.settings
+    transport.batch_topics = frozenset(
+        [*settings.input_topics, settings.repartition_topic, settings.ticks_topic]
+    )
+    transport.batch_handler = processor.on_batch
+    # Subscribes the consumer to the topics without an agent (no per-message path).
+    app.topics.add(top.inputs)
 
     if dispatcher is not None:
 
-        @top.app.task  # type: ignore[untyped-decorator]
+        @app.task  # type: ignore[untyped-decorator]
         async def start_dispatcher() -> None:
             await dispatcher.start()
 
-        @top.app.on_before_shutdown.connect  # type: ignore[arg-type]
-        async def stop_dispatcher(app: Any, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def on_shutdown(app: Any, **kwargs: Any) -> None:
+        try:
+            await processor.commit_now()
+        except Exception as exc:  # the records are read again after the restart
+            log.warning("final commit failed: %s", exc)
+        if dispatcher is not None:
             await dispatcher.stop(drain_timeout=10)
 
-    @top.app.agent(top.inputs, concurrency=1, name="vitals-processor")
-    async def process(stream: Any) -> None:
-        # Acks are manual: a buffered event is acknowledged once applied.
-        async for event in stream.noack().events():
-            try:
-                await processor.handle(event)
-            except Exception as exc:
-                # Broken infrastructure (broker, table): stop the worker so it
-                # is restarted and reads the unacknowledged events again,
-                # rather than going on with a hole in its state.
-                log.critical("stopping the worker: %s", exc, exc_info=True)
-                await top.app.crash(exc)
-                raise
-
-    @top.app.timer(top.settings.timer_interval_s)  # type: ignore[untyped-decorator]
+    @app.timer(settings.timer_interval_s)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         await processor.maybe_tick()
 
-    @top.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    @app.timer(settings.commit_interval_s)  # type: ignore[untyped-decorator]
+    async def commit() -> None:
+        # Batches commit as they go; this covers a worker with nothing to read.
+        if not app.rebalancing:
+            await processor.commit_now()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        # The next owner of a partition must get a tick even for a boundary
-        # this worker already announced.
-        processor.last_tick = 0
-        # Unacknowledged buffered events are read again by the next owner.
-        for tp in revoked:
-            processor.buffers.pop(tp.partition, None)
-            processor.safe_cache.pop(tp.partition, None)
+        # faust revokes the whole assignment at each rebalance (eager
+        # protocol): store every changed state, commit what is done, and let
+        # buffered records be read again by whoever owns them next.
+        try:
+            await processor.commit_now()
+        except Exception as exc:
+            log.warning("commit on revocation failed (records are read again): %s", exc)
+        processor.forget_partitions()
 
     return processor

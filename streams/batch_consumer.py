@@ -1,0 +1,104 @@
+"""A faust consumer that hands whole fetched batches of chosen topics to one handler.
+
+Why: faust's per-message path (``Consumer._drain_messages`` ->
+``Conductor.on_message`` -> channel queue -> ``Stream.__anext__``) costs about
+three event-loop iterations, four tasks and eleven callbacks per message
+(FAUST_NOTES, and the profile in docs/benchmark.md); it capped a worker at a
+few thousand events/s whatever the scoring cost. Everything else faust does
+stays: the consumer group and its assignor (the web routing reads it), the
+seek to committed offsets after a rebalance, changelog recovery of the state
+table (changelog messages still go through the conductor), standby replicas,
+the web server and timers.
+
+Contract of the handler (``BatchTransport.batch_handler``): it receives
+``{tp: [aiokafka ConsumerRecord, ...]}`` of the batch topics, in offset order
+per partition, plus the consumer generation the records were fetched in. It
+owns their offsets: nothing of a batch topic is acked or committed by faust,
+so the handler commits (``commit_offsets``) once the results of the records
+are safely produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+BatchHandler = Callable[[Mapping[Any, Sequence[Any]], int], Awaitable[None]]
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with a batch path for its transport's ``batch_topics``."""
+
+    async def commit_offsets(self, offsets: Mapping[Any, int]) -> bool:
+        """Commit ``{tp: next offset}`` of batch topics (only those still assigned)."""
+        if not offsets:
+            return True
+        done: bool = await self._commit(offsets)
+        if done:
+            self._committed_offset.update(offsets)
+        return done
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        # The loop of faust's Consumer._drain_messages, with batch topics
+        # taken out of the per-message path; other topics (the changelog
+        # during recovery) keep faust's exact handling.
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        transport = self.transport
+        assert isinstance(transport, BatchTransport)
+        batch_topics = transport.batch_topics
+        handler = transport.batch_handler
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                generation = self.app.consumer_generation_id
+                records, active = await self._wait_next_records(1.0)
+                await self.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active or generation != self.app.consumer_generation_id:
+                    # Fetched across a rebalance: the records are read again
+                    # from the committed offsets.
+                    continue
+                batch: dict[Any, Sequence[Any]] = {}
+                for tp, tp_records in records.items():
+                    if active is not None and tp not in active:
+                        continue
+                    if tp.topic in batch_topics:
+                        batch[tp] = tp_records
+                        continue
+                    for record in tp_records:
+                        offset = record.offset
+                        seen = read_offset[tp]
+                        if seen is None or offset >= seen:
+                            message = self._to_message(tp, record)
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            read_offset[tp] = offset
+                if batch and handler is not None:
+                    await handler(batch, generation)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    """The aiokafka transport whose consumer is a ``BatchConsumer``."""
+
+    Consumer = BatchConsumer
+    #: Topics whose batches go to ``batch_handler`` (set before the app starts).
+    batch_topics: frozenset[str] = frozenset()
+    batch_handler: BatchHandler | None = None
