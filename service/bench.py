@@ -29,6 +29,7 @@ unit-tested; the Kafka and subprocess parts follow.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import json
@@ -125,6 +126,41 @@ def rate(count: int, seconds: float) -> float | None:
     if seconds <= 0 or not math.isfinite(seconds):
         return None
     return count / seconds
+
+
+def score_latencies(
+    sent: Sequence[tuple[str, int]], published: Mapping[str, Sequence[tuple[int, int]]]
+) -> tuple[list[float], int]:
+    """Latency (ms) of each sent ``(account, occurred_at)`` and how many were never scored.
+
+    An event's latency runs from its ``occurred_at`` (stamped when handed to
+    the producer) to the first score of its account that reflects it: the
+    earliest publication among the account's scores with ``as_of >=
+    occurred_at``. ``published`` maps an account to its scores as
+    ``(as_of ms, publish time ms)``. A worker may publish only the newest
+    score of an account per batch, so an event need not have a score of its
+    own ``as_of``.
+    """
+    earliest_from: dict[str, tuple[list[int], list[int]]] = {}
+    for account, scores in published.items():
+        ordered = sorted(scores)
+        as_ofs = [as_of for as_of, _ in ordered]
+        suffix_min: list[int] = [0] * len(ordered)
+        best = math.inf
+        for i in range(len(ordered) - 1, -1, -1):
+            best = min(best, ordered[i][1])
+            suffix_min[i] = int(best)
+        earliest_from[account] = (as_ofs, suffix_min)
+    latencies: list[float] = []
+    unscored = 0
+    for account, occurred in sent:
+        found = earliest_from.get(account)
+        index = bisect.bisect_left(found[0], occurred) if found is not None else 0
+        if found is None or index >= len(found[0]):
+            unscored += 1
+        else:
+            latencies.append(float(found[1][index] - occurred))
+    return latencies, unscored
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | int | None]:
@@ -1022,7 +1058,7 @@ async def latency_run(
     consumed_before: int,
 ) -> dict[str, Any]:
     """(c) one run at a fixed offered rate; returns its numbers."""
-    from schemas.outputs import format_utc
+    from schemas.events import parse_timestamp
     from service.simulate import produce
 
     seconds = ctx.params.latency_seconds
@@ -1073,14 +1109,10 @@ async def latency_run(
         caught_up = False
     await _settle(worker)
     times = await _score_times(settings, start_offsets)
-    latencies: list[float] = []
-    unscored = 0
-    for account, occurred in sent:
-        published = times.get((account, format_utc(occurred)))
-        if published is None:
-            unscored += 1
-        else:
-            latencies.append(float(published - occurred))
+    published: dict[str, list[tuple[int, int]]] = {}
+    for (account, as_of), at in times.items():
+        published.setdefault(account, []).append((parse_timestamp(as_of), at))
+    latencies, unscored = score_latencies(sent, published)
     summary = latency_summary(latencies)
     sustained = caught_up and backlog <= max(100.0, offered * 0.5) and worst <= max_backlog
     return {

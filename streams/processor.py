@@ -73,6 +73,9 @@ from streams.batch_consumer import BatchConsumer, BatchTransport
 
 log = logging.getLogger("vitals.processor")
 
+#: Items applied between two returns to the event loop (about 50 ms of work).
+RELEASE_CHUNK = 2000
+
 #: Outcome label of a record read again after a crash or rebalance and
 #: recognised by its position (it was applied before).
 REDELIVERED = "redelivered"
@@ -223,7 +226,12 @@ class Processor:
                 raise
 
     async def process_batch(self, batch: Mapping[Any, Sequence[Any]]) -> None:
-        """Read, apply what is due, publish, and commit when the interval has passed."""
+        """Read, apply what is due, publish, and commit when the interval has passed.
+
+        What is due is applied in chunks of ``RELEASE_CHUNK`` items with a
+        return to the event loop in between: a worker catching up on a backlog
+        keeps answering HTTP and keeps committing as it goes.
+        """
         consumer = self.top.app.consumer
         assignment = consumer.assignment()
         now = time.monotonic()
@@ -238,10 +246,15 @@ class Processor:
             self.positions[source] = records[-1].offset
             touched.add(tp.partition)
         for partition in touched:
-            self.release(partition)
+            while self.release(partition, RELEASE_CHUNK) == RELEASE_CHUNK:
+                await self.after_chunk()
+        await self.after_chunk()
+
+    async def after_chunk(self) -> None:
         await self.flush_outputs()
         if time.monotonic() - self.last_commit >= self.top.settings.commit_interval_s:
             await self.commit()
+        await asyncio.sleep(0)
 
     def on_record(self, source: tuple[str, int], record: Any) -> None:
         """Buffer a tick or a valid event; dead-letter or forward anything else."""
@@ -290,6 +303,16 @@ class Processor:
         self.arrivals += 1
         heapq.heappush(self.buffers.setdefault(partition, []), (at, self.arrivals, item))
 
+    def done_offset(self, tp: Any) -> int | None:
+        """The last offset of ``tp`` handled: read in this assignment, else the
+        one before the committed offset it was resumed from (None: unknown)."""
+        done = self.positions.get((tp.topic, tp.partition))
+        if done is None:
+            committed = self.consumer._committed_offset.get(tp)
+            if committed is not None and committed > 0:
+                return int(committed) - 1
+        return done
+
     def safe_time(self, partition: int) -> float | None:
         """Event time up to which partition ``partition`` can be applied in order.
 
@@ -308,7 +331,7 @@ class Processor:
                 continue
             source = (tp.topic, tp.partition)
             highwater = consumer.highwater(tp)
-            done = self.positions.get(source)
+            done = self.done_offset(tp)
             drained = highwater is not None and (
                 int(highwater) == 0 or (done is not None and done + 1 >= int(highwater))
             )
@@ -321,11 +344,12 @@ class Processor:
             safe = min(safe, newest)
         return safe
 
-    def release(self, partition: int) -> None:
-        """Apply the buffered items of a partition that are due, oldest first."""
+    def release(self, partition: int, limit: int | None = None) -> int:
+        """Apply up to ``limit`` buffered items of a partition that are due,
+        oldest first; returns how many were applied."""
         heap = self.buffers.get(partition)
         if not heap:
-            return
+            return 0
         # Recomputing the safe time walks the assignment; within a few
         # milliseconds the last answer is as good.
         now = time.monotonic()
@@ -335,21 +359,20 @@ class Processor:
         else:
             computed = self.safe_time(partition)
             if computed is None:
-                return
+                return 0
             safe = computed
             self.safe_cache[partition] = (safe, now)
         now_ms = int(time.time() * 1000)
-        while heap and heap[0][0] <= safe:
+        applied = 0
+        while heap and heap[0][0] <= safe and (limit is None or applied < limit):
             _, _, item = heapq.heappop(heap)
             if item.decoded is None:
                 assert item.as_of is not None
                 self.on_tick(partition, item.as_of, now_ms)
             else:
                 self.apply_event(partition, item, now_ms)
-
-    def release_all(self) -> None:
-        for partition in list(self.buffers):
-            self.release(partition)
+            applied += 1
+        return applied
 
     def origin_of(self, topic: str, record: Any) -> Origin:
         if topic != self.top.settings.repartition_topic:
@@ -658,7 +681,7 @@ class Processor:
             # first): cheap, and never ahead of what the consumer can see.
             highwater = consumer.highwater(tp)
             end = 0 if highwater is None else int(highwater)
-            done = self.positions.get((tp.topic, tp.partition))
+            done = self.done_offset(tp)
             # "Nothing left to read" only means "live" once the partition has
             # also been quiet for a while: a backfill producer slower than this
             # worker must not let the wall clock run ahead of its events.

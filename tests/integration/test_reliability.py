@@ -8,8 +8,7 @@ evaluated it at the current tick boundary B) must equal ``vitals replay`` of
 the same events, ordered and de-duplicated, at B; or, for the outage, every
 produced event must be counted exactly once in the account states.
 
-Known defects found by these tests are xfails naming the finding (see
-docs/reliability.md, "Findings"); an XPASS means one has been fixed.
+docs/reliability.md records what each test found and how it was fixed.
 """
 
 from __future__ import annotations
@@ -63,13 +62,10 @@ WORKER_ENV = {
     "BROKER_HEARTBEAT_INTERVAL": "1",
 }
 
-# Sizes: the worker applies about 1,000 simulator events/s on an idle 2-core
-# machine (0.9 ms of CPU per event) and 500-900/s while other jobs compete for
-# the cores, and a restarted worker restores ~1,200-1,700 changelog records/s:
-# the crash test uses 100k events (143-207 s measured; 150k took 295 s), the
-# largest size that keeps it under ~5 minutes when the machine is busy.
-CRASH_ACCOUNTS = 1_000
-CRASH_EVENTS = 100_000
+# Sizes: the crash test runs the issue's 200k events; the others are sized to
+# exercise their scenario, not throughput.
+CRASH_ACCOUNTS = 2_000
+CRASH_EVENTS = 200_000
 FAILOVER_ACCOUNTS = 400
 FAILOVER_EVENTS = 40_000
 OUTAGE_ACCOUNTS = 200
@@ -261,15 +257,6 @@ async def state_counts(worker: WorkerProcess, accounts: Sequence[str]) -> dict[s
     return await asyncio.to_thread(fetch)
 
 
-#: A known defect (docs/reliability.md, "Findings"): the dedup memory is
-#: shorter than what Kafka re-delivers after a crash during a catch-up.
-REAPPLIED_AFTER_CRASH = (
-    "FINDING (service/account_state.py dedup memory vs faust commits): events re-read "
-    "after a crash that are older than the account's last 64 applied ids are applied "
-    "a second time"
-)
-
-
 def counting_errors(
     label: str, counted: dict[str, Counter[str]], expected: dict[str, Counter[str]]
 ) -> tuple[str | None, bool]:
@@ -308,17 +295,11 @@ def check_after_crash(
     changes: list[dict[str, Any]],
     expected: ReplayResult,
 ) -> None:
-    """Counts and scores against replay; an xfail (not a failure) when the
-    only defect is the known re-application of re-read events."""
-    problem, only_extra = counting_errors(label, counted, counts_by_account(values))
-    if problem is not None and only_extra:
-        try:
-            compare_with_replay(label, streamed, changes, expected)
-        except AssertionError as exc:
-            problem = f"{problem}; and then: {exc}"
-        pytest.xfail(f"{REAPPLIED_AFTER_CRASH}: {problem}")
-    compare_with_replay(label, streamed, changes, expected)
+    """Per-account counts (nothing lost, nothing applied twice), then scores
+    and bucket changes, against replay."""
+    problem, _ = counting_errors(label, counted, counts_by_account(values))
     assert problem is None, problem
+    compare_with_replay(label, streamed, changes, expected)
 
 
 # ------------------------------------------------------------------ crashes
@@ -328,15 +309,12 @@ def check_after_crash(
 async def test_sigkill_and_restart_gives_the_replay_scores(
     namespace: Namespace, worker_factory: Any, producer: AIOKafkaProducer, kafka_bootstrap: str
 ) -> None:
-    """A worker SIGKILLed half-way through 100k simulator events (1,000 accounts)
+    """A worker SIGKILLed half-way through 200k simulator events (2,000 accounts)
     is replaced by a new worker with the same app id (group, changelog): it
     recovers the table from the changelog, re-reads the uncommitted events
-    (those already in the changelog are recognised by event id), and the final
-    scores, bucket changes and per-account event counts equal replay's.
-
-    100k, not 200k: the worker applies ~500-1,000 events/s here; 150k took
-    295 s on a quiet machine and 200k would take 6-7 minutes.
-    """
+    (those already in the changelog are recognised by their position kept in
+    the state), and the final scores, bucket changes and per-account event
+    counts equal replay's."""
     started = time.monotonic()
     events = history(CRASH_ACCOUNTS, CRASH_EVENTS, end_ms=history_end())
     values = [event.value for event in events]
@@ -371,13 +349,6 @@ async def test_sigkill_and_restart_gives_the_replay_scores(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="FINDING (streams/processor.py + faust stream_wait_empty): on a rebalance faust "
-    "waits for every unacknowledged message before revoking, but the reorder buffer holds its "
-    "events unacknowledged and the agent is suspended, so the survivor waits forever "
-    "('wait_empty: Waiting for tasks' in its log) and never takes the partitions over",
-    strict=False,
-)
 async def test_surviving_worker_takes_over_a_killed_workers_partitions(
     namespace: Namespace, worker_factory: Any, producer: AIOKafkaProducer, kafka_bootstrap: str
 ) -> None:
@@ -704,7 +675,8 @@ async def test_duplicates_disorder_and_late_events_give_the_replay_scores(
 
     The late events are sent once the worker has applied the accounts' newer
     events: read while those still wait in the reorder buffer, they are
-    applied instead (see the xfail test below)."""
+    applied instead unless the stream judges lateness by arrival order (the
+    test below)."""
     rng = random.Random(20261123)
     events = history(DISORDER_ACCOUNTS, DISORDER_EVENTS, end_ms=history_end())
     sequence, distances = with_duplicates(shuffled_within_days(events, rng), rng)
@@ -744,12 +716,6 @@ async def test_duplicates_disorder_and_late_events_give_the_replay_scores(
     assert await summaries(worker, late_accounts) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING (streams/processor.py): an event more than 90 days older than its "
-    "account's newest event is applied, not counted late, when it is read while the "
-    "newer events still wait in the reorder buffer (a lagging topic holds them back)",
-)
 async def test_late_event_read_while_newer_events_are_buffered_is_counted_late(
     namespace: Namespace, worker_factory: Any, producer: AIOKafkaProducer
 ) -> None:

@@ -21,6 +21,7 @@ from service.bench import (
     prometheus_sum,
     rate,
     render_table,
+    score_latencies,
     size_summary,
     summarise_profile,
 )
@@ -198,3 +199,15 @@ def test_summarise_profile(tmp_path: Path) -> None:
     assert len(summary["by_cumulative"]) <= 5
     assert any("percentile" in row["function"] for row in summary["by_cumulative"])
     assert {"function", "ncalls", "tottime_s", "cumtime_s"} <= set(summary["by_self"][0])
+
+
+def test_score_latency_is_the_first_score_reflecting_the_event() -> None:
+    sent = [("a", 100), ("a", 150), ("b", 10), ("c", 5)]
+    published = {
+        # The score of as_of 150 was published first (coalesced batch), then 200.
+        "a": [(200, 400), (150, 300)],
+        "b": [(5, 50)],  # older than the event: does not reflect it
+    }
+    latencies, unscored = score_latencies(sent, published)
+    assert latencies == [200.0, 150.0]
+    assert unscored == 2
