@@ -93,6 +93,9 @@ TARGETS: Final[dict[str, tuple[str, float, str]]] = {
 BACKLOG_LIMIT_S: Final = 5.0
 #: Makes a profiled worker write its profile and exit (mode owns SIGUSR1/SIGUSR2).
 PROFILE_SIGNAL: Final = signal.SIGHUP
+#: The timer's tick boundaries (UTC midnight), as the default scorecard rescores.
+TICK_MS: Final = 86_400_000
+
 #: The offered rate the latency target is defined at.
 TARGET_RATE: Final = 5000.0
 
@@ -808,52 +811,27 @@ async def measure_limit(ctx: _Ctx, settings: Any, total: int) -> dict[str, Any]:
     }
 
 
-async def _partition_edges(settings: Any, topic: str) -> tuple[int | None, int | None, int]:
-    """(min CreateTime of the first records, max CreateTime of the last records,
-    message count) of a topic, reading one record at each end of each partition."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
+async def _event_score_edges(settings: Any) -> tuple[int | None, int | None, int]:
+    """(first, last, count) of the score messages: the earliest CreateTime of
+    any score and the latest of a score an *event* caused.
 
-    consumer = AIOKafkaConsumer(
-        **settings.aiokafka_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        begins = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        first: int | None = None
-        last: int | None = None
-        count = 0
-        for tp in tps:
-            begin, end = begins[tp], ends[tp]
-            if end <= begin:
-                continue
-            count += end - begin
-            for offset in (begin, end - 1):
-                consumer.seek(tp, offset)
-                record = await _one_record(consumer, tp, offset)
-                if offset == begin:
-                    first = record.timestamp if first is None else min(first, record.timestamp)
-                if offset == end - 1:
-                    last = record.timestamp if last is None else max(last, record.timestamp)
-        return first, last, count
-    finally:
-        await consumer.stop()
+    Scores whose ``as_of`` is on a tick boundary (UTC midnight) are timer
+    re-evaluations of silent accounts; the worker sends the last of them only
+    once it has been idle for ``VITALS_CLOCK_IDLE_S`` plus up to one timer
+    interval, which is not processing time.
+    """
+    from schemas.events import parse_timestamp
 
-
-async def _one_record(consumer: Any, tp: Any, offset: int) -> Any:
-    for _ in range(30):
-        batches = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
-        for record in batches.get(tp, []):
-            if record.offset >= offset:
-                return record
-    raise BenchError(f"could not read {tp.topic}[{tp.partition}]@{offset}")
+    start = {tp: 0 for tp in await _end_offsets(settings, settings.scores_topic)}
+    first: int | None = None
+    last: int | None = None
+    count = 0
+    for (_, as_of), at in (await _score_times(settings, start, earliest=False)).items():
+        count += 1
+        first = at if first is None else min(first, at)
+        if parse_timestamp(as_of) % TICK_MS and (last is None or at > last):
+            last = at
+    return first, last, count
 
 
 def _consumed(worker: Worker) -> float:
@@ -922,7 +900,7 @@ async def measure_end_to_end(
     cpu_broker = _cpu_delta(cpu_broker, _cpu_seconds(ctx.broker_pid))
     cpu_wall = time.time() - ready_wall
     scores_published = await _settle(worker)
-    first, last, score_messages = await _partition_edges(settings, settings.scores_topic)
+    first, last, score_messages = await _event_score_edges(settings)
     rss_done = _rss_kb(worker.pid)
     if first is None or last is None:
         raise BenchError("the worker published no scores")
@@ -945,6 +923,7 @@ async def measure_end_to_end(
         "score_messages": score_messages,
         "share_of_limit": round(e2e_rate / limit_rate, 4) if e2e_rate and limit_rate else None,
         "t0_choice": "CreateTime of the first score message (first event processed)",
+        "t_end_choice": "CreateTime of the last score caused by an event (not a tick)",
         "cpu_seconds_worker": cpu_worker,
         "cpu_seconds_broker": cpu_broker,
         "cpu_wall_seconds": round(cpu_wall, 3),
@@ -998,9 +977,10 @@ async def _live_events(
 
 
 async def _score_times(
-    settings: Any, start_offsets: Mapping[Any, int]
+    settings: Any, start_offsets: Mapping[Any, int], *, earliest: bool = True
 ) -> dict[tuple[str, str], int]:
-    """(account id, as_of) -> earliest CreateTime of the scores after ``start_offsets``."""
+    """(account id, as_of) -> earliest (or with ``earliest=False``, latest)
+    CreateTime of the scores after ``start_offsets``."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -1026,7 +1006,8 @@ async def _score_times(
                 for record in records:
                     score = orjson.loads(record.value)
                     key = (score["account_id"], score["as_of"])
-                    if key not in out or record.timestamp < out[key]:
+                    seen = out.get(key)
+                    if seen is None or (record.timestamp < seen) == earliest:
                         out[key] = record.timestamp
                     if record.offset + 1 >= ends[tp]:
                         remaining.discard(tp)

@@ -72,6 +72,10 @@ def worker(
     # faust creates only the last folder of its data dir.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_worker_app(settings, scorecard)
+    from service.log_limit import limit_repeats
+
+    # A broker outage must not flood the log (docs/reliability.md).
+    limit_repeats(("aiokafka", "faust.transport"))
     # Results belong on stdout; faust's banner and logs go to stderr.
     faust.Worker(
         app, loglevel=settings.log_level, stdout=sys.stderr, stderr=sys.stderr, quiet=True

@@ -69,7 +69,7 @@ from service.scorecard import (
     Scorecard,
     condition_metrics,
 )
-from service.scoring import evaluate_condition
+from service.scoring import Evaluation, evaluate_condition
 
 if TYPE_CHECKING:
     from service.account_state import AccountState
@@ -459,11 +459,15 @@ class _Change(NamedTuple):
     as_of_ms: int
 
 
-ScoreLike = HealthScore | Mapping[str, Any]
+ScoreLike = HealthScore | Evaluation | Mapping[str, Any]
 ChangeLike = BucketChange | Mapping[str, Any]
 
 
 def _score_view(score: ScoreLike) -> _Score:
+    if isinstance(score, Evaluation):
+        # The stream's path: no HealthScore message is built for a step whose
+        # score is not published.
+        return _Score(score.score, score.bucket, score.stage, score.delta_7d, score.delta_30d)
     if isinstance(score, HealthScore):
         trend = score.trend
         return _Score(score.score, score.bucket, score.stage, trend.delta_7d, trend.delta_30d)
@@ -543,7 +547,8 @@ def decide(
 ) -> Decision:
     """Which playbooks fire for one rescore of an account. Pure; updates ``memory``.
 
-    * ``score``: the new score (``HealthScore`` or its JSON dict) at ``as_of_ms``;
+    * ``score``: the new score (``Evaluation``, ``HealthScore`` or its JSON
+      dict) at ``as_of_ms``;
     * ``previous``: the account's previous score, if known (reported in the
       trigger context only);
     * ``change``: the bucket change(s) this rescore step produced (a cadence
@@ -745,15 +750,14 @@ def playbooks_for_step(
     worker does; replay does not touch metrics).
     """
     evaluation = step.evaluation
-    score = step.score
-    if evaluation is None or score is None:
+    if evaluation is None:
         return []
     memory = PlaybookMemory.from_dict(state.playbooks)
     values = metric_values_for(playbooks, scorecard, state, evaluation.as_of, evaluation.values)
     decision = decide(
         playbooks,
         account_id=state.account_id,
-        score=score,
+        score=evaluation,
         change=step.changes,
         metric_values=values,
         memory=memory,

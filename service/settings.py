@@ -87,6 +87,16 @@ class Settings(BaseSettings):
             " rescoring clock) after this long without input."
         ),
     )
+    live_skew_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description=(
+            "Live events (occurred_at within the last minute): how long a fully read"
+            " topic-partition that was active recently holds back newer events of other"
+            " topics, waiting for an older event of its own (cross-topic producer skew)."
+        ),
+    )
 
     # --- Playbooks ----------------------------------------------------------
     playbooks_file: Path | None = Field(

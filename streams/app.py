@@ -103,6 +103,10 @@ def build_topology(settings: Settings) -> Topology:
         # Without a linger faust sends about one produce request per three
         # records (the profile in docs/benchmark.md); a few ms batches them.
         producer_linger_ms=5,
+        # aiokafka holds one open batch per partition and makes the next send
+        # wait until it is drained: with the default 16 KB, about ten score or
+        # state records (1-2 KB each) per broker round trip capped the worker.
+        producer_max_batch_size=1_048_576,
         # A record larger than the per-partition fetch size is still returned
         # whole by Kafka >= 0.10.1, so no fetch-size change is needed for big values.
         key_serializer="raw",

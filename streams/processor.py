@@ -73,6 +73,9 @@ from streams.batch_consumer import BatchConsumer, BatchTransport
 
 log = logging.getLogger("vitals.processor")
 
+#: A source whose newest event is this recent carries live events (see ``safe_time``).
+LIVE_WINDOW_MS = 60_000
+
 #: Items applied between two returns to the event loop (about 50 ms of work).
 RELEASE_CHUNK = 2000
 
@@ -159,6 +162,8 @@ class Processor:
     #: (topic, outcome) -> events counted in the current batch.
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     last_commit: float = field(default_factory=time.monotonic)
+    #: The commit waiting for its sends in the background, if any.
+    committing: asyncio.Future[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: "topic:partition" names of state positions, by (topic, partition).
     _tp_names: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -317,14 +322,20 @@ class Processor:
         """Event time up to which partition ``partition`` can be applied in order.
 
         The minimum over its source topic-partitions of the newest event time
-        read from each; one with nothing left to read that has been quiet for
-        ``clock_idle_s`` does not hold the others back. ``inf`` when all are
-        quiet, None when one has not shown any event time yet.
+        read from each, except for one with nothing left to read: quiet for
+        ``clock_idle_s``, it does not hold the others back at all; carrying
+        live events (its newest within ``LIVE_WINDOW_MS`` of the wall clock),
+        it holds back only events newer than ``now - live_skew_ms``, so live
+        latency is bounded by the skew, not by the idle time. A backfill
+        (older event times) is always held in order. ``inf`` when nothing
+        holds back, None when a source has not shown any event time yet.
         """
         settings = self.top.settings
         consumer = self.top.app.consumer
         sources = set(settings.input_topics) | {settings.repartition_topic}
         now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        live_from = now_ms - LIVE_WINDOW_MS
         safe: float = math.inf
         for tp in consumer.assignment():
             if tp.partition != partition or tp.topic not in sources:
@@ -341,6 +352,8 @@ class Processor:
             newest = self.watermarks.get(source)
             if newest is None:
                 return None
+            if drained and newest >= live_from:
+                newest = max(newest, now_ms - settings.live_skew_ms)
             safe = min(safe, newest)
         return safe
 
@@ -600,11 +613,17 @@ class Processor:
                 offsets[tp] = upto
         return offsets
 
-    async def commit(self) -> None:
-        """Write changed states to the changelog, wait for every send, commit offsets."""
+    async def commit(self, wait: bool = False) -> None:
+        """Write changed states to the changelog, then commit offsets once every
+        send so far is acknowledged.
+
+        The waiting runs in the background (one commit at a time) so that
+        processing goes on meanwhile; ``wait`` waits for it (revocation,
+        shutdown). A failed send or commit stops the worker: the records are
+        read again after the restart.
+        """
         self.last_commit = time.monotonic()
-        consumer = self.consumer
-        committed = consumer._committed_offset
+        committed = self.consumer._committed_offset
         if self.dirty:
             states = self.states
             changelog = self.top.settings.changelog_topic
@@ -617,12 +636,29 @@ class Processor:
                 self.outbox.append((changelog, key, state.to_bytes(), partition, None))
             self.dirty.clear()
         await self._produce_outbox()
-        if self.inflight:
-            inflight, self.inflight = self.inflight, []
-            await asyncio.gather(*inflight)
+        previous = self.committing
+        if previous is not None:
+            await previous  # commits stay in order
+        inflight, self.inflight = self.inflight, []
         offsets = self.committable()
-        if offsets:
-            await consumer.commit_offsets(offsets)
+        if inflight or offsets:
+            self.committing = asyncio.ensure_future(self._finish_commit(inflight, offsets))
+            if wait:
+                await self.committing
+
+    async def _finish_commit(self, inflight: list[Any], offsets: dict[Any, int]) -> None:
+        try:
+            if inflight:
+                await asyncio.gather(*inflight)
+            if offsets:
+                await self.consumer.commit_offsets(offsets)
+        except Exception as exc:
+            log.critical("stopping the worker: commit failed: %s", exc, exc_info=True)
+            await self.top.app.crash(exc)
+            raise
+        finally:
+            if self.committing is asyncio.current_task():
+                self.committing = None
 
     @staticmethod
     def _prune_positions(state: AccountState, committed: Any, by_name: dict[str, Any]) -> None:
@@ -638,11 +674,23 @@ class Processor:
             else:
                 del state.positions[name]
 
-    async def commit_now(self) -> None:
+    async def release_waiting(self) -> None:
+        """Apply buffered events that became due without a new batch (a source
+        went quiet, or the live skew passed), then publish them."""
+        async with self.lock:
+            if any(self.buffers.values()):
+                for partition in list(self.buffers):
+                    while self.release(partition, RELEASE_CHUNK) == RELEASE_CHUNK:
+                        await self.after_chunk()
+                await self.after_chunk()
+
+    async def commit_now(self, wait: bool = True) -> None:
         """Commit outside a batch (timer, revocation, shutdown)."""
         async with self.lock:
             if self.dirty or self.inflight or self.outbox or self.committable():
-                await self.commit()
+                await self.commit(wait=wait)
+            elif wait and self.committing is not None:
+                await self.committing
 
     def forget_partitions(self) -> None:
         """Drop what belongs to the previous assignment (records are read again)."""
@@ -756,7 +804,8 @@ def install_processor(
     async def commit() -> None:
         # Batches commit as they go; this covers a worker with nothing to read.
         if not app.rebalancing:
-            await processor.commit_now()
+            await processor.release_waiting()
+            await processor.commit_now(wait=False)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:

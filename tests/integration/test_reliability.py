@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import random
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -393,12 +395,14 @@ async def test_surviving_worker_takes_over_a_killed_workers_partitions(
             check=survivor._check_alive,
         )
     except AssertionError as exc:
-        survivor.kill()  # it would not stop on SIGTERM either
-        log = survivor.log_path.read_text(errors="replace")
-        stuck = log.count("wait_empty: Waiting for tasks")
+        # mode's workers write every task's stack to their log on SIGUSR1:
+        # the evidence of where the survivor is stuck, kept in the log file.
+        assert survivor.process is not None
+        os.kill(survivor.process.pid, signal.SIGUSR1)
+        await asyncio.sleep(2)  # not synchronisation: time for the dump, then kill
+        survivor.kill()
         raise AssertionError(
-            f"{exc}; the survivor's log has {stuck} 'wait_empty: Waiting for tasks' warnings "
-            "(the revocation waits for the reorder buffer's unacknowledged events)"
+            f"{exc}; task stacks in {survivor.log_path}; log tail:\n{survivor.log_tail(15)}"
         ) from exc
     taken = time.monotonic()
     reference = Reference(values)
