@@ -1163,6 +1163,10 @@ async def measure_state(
     for _key, value in sample:
         busy.append(len(value))
         state = AccountState.from_bytes(value)
+        # The worker drops the Kafka positions of a state at its next write
+        # once they are committed (an idle account is rewritten at its next
+        # daily tick), so an idle account carries none.
+        state.positions.clear()
         since = state.last_event_at or state.scored_at or 0
         on_timer(state, since + IDLE_DAYS * DAY_MS, scorecard)
         idle.append(len(state.to_bytes()))

@@ -47,7 +47,7 @@ import heapq
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +66,7 @@ from service.partitioning import account_partition
 from service.playbooks import PlaybookSet, playbooks_for_step
 from service.portfolio import AccountSummary
 from service.scorecard import Scorecard
-from service.scoring import Step, on_event, on_timer
+from service.scoring import Evaluation, Step, on_event, on_timer
 from service.webhook import WebhookDispatcher
 from streams.app import Topology
 from streams.batch_consumer import BatchConsumer, BatchTransport
@@ -145,6 +145,10 @@ class Processor:
     #: partition -> heap of (event time, arrival number, pending item).
     buffers: dict[int, list[tuple[int, int, Pending]]] = field(default_factory=dict)
     arrivals: int = 0
+    #: source -> offsets pushed into a buffer, in offset order (commit bound).
+    held: dict[tuple[str, int], deque[int]] = field(default_factory=dict)
+    #: source -> offsets released from a buffer but still in ``held``.
+    released: dict[tuple[str, int], set[int]] = field(default_factory=dict)
     #: partition -> last computed safe time (see ``release``).
     safe_cache: dict[int, tuple[float, float]] = field(default_factory=dict)
     #: account key -> newest occurred_at read (lateness by arrival order).
@@ -307,6 +311,24 @@ class Processor:
     def push(self, partition: int, at: int, item: Pending) -> None:
         self.arrivals += 1
         heapq.heappush(self.buffers.setdefault(partition, []), (at, self.arrivals, item))
+        held = self.held.get(item.source)
+        if held is None:
+            held = self.held[item.source] = deque()
+        held.append(item.offset)
+
+    def lowest_held(self, source: tuple[str, int]) -> int | None:
+        """The lowest offset of ``source`` still in a buffer (None: none).
+
+        Records of one source are pushed in offset order and released in
+        event-time order; released ones are dropped from the front lazily.
+        """
+        held = self.held.get(source)
+        if not held:
+            return None
+        done = self.released.get(source)
+        while held and done and held[0] in done:
+            done.discard(held.popleft())
+        return held[0] if held else None
 
     def done_offset(self, tp: Any) -> int | None:
         """The last offset of ``tp`` handled: read in this assignment, else the
@@ -377,8 +399,13 @@ class Processor:
             self.safe_cache[partition] = (safe, now)
         now_ms = int(time.time() * 1000)
         applied = 0
+        released = self.released
         while heap and heap[0][0] <= safe and (limit is None or applied < limit):
             _, _, item = heapq.heappop(heap)
+            done = released.get(item.source)
+            if done is None:
+                done = released[item.source] = set()
+            done.add(item.offset)
             if item.decoded is None:
                 assert item.as_of is not None
                 self.on_tick(partition, item.as_of, now_ms)
@@ -514,11 +541,12 @@ class Processor:
             now = time.perf_counter()
             latency = metrics.SCORE_LATENCY_SECONDS
             for key, pending in self.unpublished.items():
-                score = pending.step.score
-                assert score is not None
-                self.outbox.append((topic, key, pydantic_core.to_json(score), None, None))
+                evaluation = pending.step.evaluation
+                value = pending.step.score_json()
+                assert evaluation is not None and value is not None
+                self.outbox.append((topic, key, value, None, None))
                 latency.observe(now - pending.started)
-                self._summarise(key, pending.state, score)
+                self._summarise(key, pending.state, evaluation)
             metrics.SCORE_UPDATES.inc(len(self.unpublished))
             self.unpublished.clear()
         for (topic, outcome), count in self.outcomes.items():
@@ -526,18 +554,18 @@ class Processor:
         self.outcomes.clear()
         await self._produce_outbox()
 
-    def _summarise(self, key: bytes, state: AccountState, score: Any) -> None:
+    def _summarise(self, key: bytes, state: AccountState, evaluation: Evaluation) -> None:
         previous = self.summaries.get(key)
-        if previous is None or previous.bucket != score.bucket:
+        if previous is None or previous.bucket != evaluation.bucket:
             if previous is not None:
                 metrics.ACCOUNTS_BY_BUCKET.labels(previous.bucket).dec()
-            metrics.ACCOUNTS_BY_BUCKET.labels(score.bucket).inc()
+            metrics.ACCOUNTS_BY_BUCKET.labels(evaluation.bucket).inc()
         arr = state.snapshot.get("arr")
         self.summaries[key] = AccountSummary(
             state.account_id,
-            score.bucket,
-            score.score,
-            score.trend.delta_7d,
+            evaluation.bucket,
+            evaluation.score,
+            evaluation.delta_7d,
             float(arr[0]) if arr else None,
         )
 
@@ -592,12 +620,6 @@ class Processor:
         consumer = self.consumer
         settings = self.top.settings
         topics = set(settings.input_topics) | {settings.repartition_topic, settings.ticks_topic}
-        held: dict[tuple[str, int], int] = {}
-        for heap in self.buffers.values():
-            for _, _, item in heap:
-                low = held.get(item.source)
-                if low is None or item.offset < low:
-                    held[item.source] = item.offset
         offsets: dict[Any, int] = {}
         committed = consumer._committed_offset
         for tp in consumer.assignment():
@@ -607,7 +629,8 @@ class Processor:
             done = self.positions.get(source)
             if done is None:
                 continue
-            upto = min(done + 1, held.get(source, done + 1))
+            low = self.lowest_held(source)
+            upto = done + 1 if low is None else min(done + 1, low)
             last = committed.get(tp)
             if last is None or upto > last:
                 offsets[tp] = upto
@@ -695,6 +718,8 @@ class Processor:
     def forget_partitions(self) -> None:
         """Drop what belongs to the previous assignment (records are read again)."""
         self.buffers.clear()
+        self.held.clear()
+        self.released.clear()
         self.safe_cache.clear()
         self.positions.clear()
         self.watermarks.clear()
