@@ -134,9 +134,15 @@ MAX_KPIS: Final = 20
 MAX_MILESTONES: Final = 50
 #: Version of the serialised form (``to_dict``'s ``"v"``). Version 2 packs
 #: the counts, snapshot, score history, baseline and gates more tightly;
-#: version 1 is still read.
-STATE_FORMAT: Final = 2
-_FORMATS: Final = (1, 2)
+#: version 3 keeps 6-byte event-id digests and the Kafka positions; versions
+#: 1 and 2 are still read.
+STATE_FORMAT: Final = 3
+_FORMATS: Final = (1, 2, 3)
+#: Bytes kept of each event id's digest (the first bytes of an 8-byte
+#: blake2b). 48 bits: a false duplicate among an account's 64 remembered ids
+#: has a chance of 64 / 2**48 (about 1 in 4 trillion events); formats 1-2
+#: stored 8 bytes, which load truncated to the same value.
+ID_DIGEST_BYTES: Final = 6
 
 _PULSE_REASON_MAX: Final = 200
 
@@ -411,7 +417,7 @@ class AccountState:
         necessarily applied yet (a stream that reorders by event time passes
         it, so an event is late by the order it arrived in, as in replay).
         """
-        digest = blake2b(event.event_id.encode(), digest_size=8).digest()
+        digest = blake2b(event.event_id.encode(), digest_size=8).digest()[:ID_DIGEST_BYTES]
         dedup = self.dedup
         if digest in dedup:
             self.duplicates += 1
@@ -882,9 +888,10 @@ class AccountState:
         state.last_event_at = data.get("le")
         state.last_activity_at = data.get("la")
         raw = base64.b64decode(data.get("ids", ""))
-        if len(raw) % 8:
+        width = 8 if version < 3 else ID_DIGEST_BYTES
+        if len(raw) % width:
             raise ValueError("malformed dedup ids")
-        state.dedup = {raw[i : i + 8]: None for i in range(0, len(raw), 8)}
+        state.dedup = {raw[i : i + ID_DIGEST_BYTES]: None for i in range(0, len(raw), width)}
         state.positions = {tp: list(offsets) for tp, offsets in data.get("ofs", {}).items()}
         for key, window in _WINDOWS:
             if key in data:

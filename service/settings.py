@@ -165,33 +165,33 @@ class Settings(BaseSettings):
         """URL other workers use to reach this worker's HTTP server."""
         return f"http://{self.web_host}:{self.web_port}"
 
-    @property
+    @cached_property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}events.dlq"
 
-    @property
+    @cached_property
     def scores_topic(self) -> str:
         return f"{self.topic_prefix}health.scores"
 
-    @property
+    @cached_property
     def bucket_changes_topic(self) -> str:
         return f"{self.topic_prefix}health.bucket-changes"
 
-    @property
+    @cached_property
     def triggers_topic(self) -> str:
         return f"{self.topic_prefix}playbooks.triggers"
 
-    @property
+    @cached_property
     def changelog_topic(self) -> str:
         """Internal: the account-state table's changelog (named the way faust names it)."""
         return f"{self.app_id}-accounts-changelog"
 
-    @property
+    @cached_property
     def repartition_topic(self) -> str:
         """Internal: input events found on the wrong partition, forwarded to the right one."""
         return f"{self.topic_prefix}internal.repartition"
 
-    @property
+    @cached_property
     def ticks_topic(self) -> str:
         """Internal: timer ticks, co-partitioned with the input topics."""
         return f"{self.topic_prefix}internal.ticks"

@@ -172,6 +172,16 @@ class Processor:
     #: "topic:partition" names of state positions, by (topic, partition).
     _tp_names: dict[tuple[str, int], str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Hot-path copies of settings (a pydantic attribute or property per
+        # record showed up in the profile).
+        settings = self.top.settings
+        self.settings = settings
+        self.ticks_topic = settings.ticks_topic
+        self.repartition_topic = settings.repartition_topic
+        self.input_kinds = dict(settings.input_topics)
+        self.partitions = settings.partitions
+
     # ------------------------------------------------------------ state access
 
     @property
@@ -267,9 +277,9 @@ class Processor:
 
     def on_record(self, source: tuple[str, int], record: Any) -> None:
         """Buffer a tick or a valid event; dead-letter or forward anything else."""
-        settings = self.top.settings
+        settings = self.settings
         topic, partition = source
-        if topic == settings.ticks_topic:
+        if topic == self.ticks_topic:
             try:
                 as_of = orjson.loads(record.value)["as_of"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -282,7 +292,7 @@ class Processor:
         try:
             decoded = decode_event(
                 record.value,
-                topic_kind=settings.input_topics.get(origin.topic),
+                topic_kind=self.input_kinds.get(origin.topic),
                 key=record.key,
                 now_ms=int(time.time() * 1000),
                 max_bytes=settings.max_event_bytes,
@@ -292,7 +302,7 @@ class Processor:
             self.dead_letter(record, origin, rejected.reason, rejected.detail)
             return
         key = decoded.account_id.encode()
-        home = account_partition(key, settings.partitions)
+        home = account_partition(key, self.partitions)
         if partition != home:
             self.forward(record, origin, home)
             return
@@ -415,7 +425,7 @@ class Processor:
         return applied
 
     def origin_of(self, topic: str, record: Any) -> Origin:
-        if topic != self.top.settings.repartition_topic:
+        if topic != self.repartition_topic:
             return Origin(topic, record.partition, record.offset)
         headers = dict(record.headers or ())
         try:

@@ -6,6 +6,7 @@ replay tests.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import math
@@ -182,6 +183,26 @@ def test_round_trip_is_exact() -> None:
     restored = AccountState.from_bytes(state.to_bytes())
     assert restored.to_dict() == state.to_dict()
     assert restored.summary() == state.summary()
+
+
+def test_a_format_2_state_keeps_recognising_its_duplicates() -> None:
+    from hashlib import blake2b
+
+    state = AccountState.new("acme")
+    state.apply(event("login", at(0), user_id="u1", event_id="seen"))
+    old = state.to_dict()
+    # Format 2 stored whole 8-byte digests.
+    old["v"] = 2
+    old["ids"] = base64.b64encode(blake2b(b"seen", digest_size=8).digest()).decode()
+    restored = AccountState.from_dict(old)
+    again = event("login", at(0), user_id="u1", event_id="seen")
+    assert restored.apply(again) is ApplyResult.DUPLICATE
+
+
+def test_positions_survive_the_round_trip() -> None:
+    state = state_of(_varied_events())
+    state.positions = {"vitals.events.login:3": [17, 19]}
+    assert AccountState.from_bytes(state.to_bytes()).positions == state.positions
 
 
 def test_from_bytes_rejects_garbage() -> None:
@@ -1551,6 +1572,9 @@ def _format_1(state: AccountState) -> dict[str, Any]:
     )
     data["bl"] = {m: [v, c] for m, (v, c) in state.baseline.items() if v is not None or c}
     data["g"] = list(state.gates)
+    # 8-byte id digests (format 3 keeps their first 6 bytes; the rest is noise).
+    data["ids"] = base64.b64encode(b"".join(d + b"\xff\xee" for d in state.dedup)).decode()
+    data.pop("ofs", None)
     return {k: v for k, v in data.items() if v or k in ("v", "id", "pd")}
 
 
