@@ -1377,7 +1377,8 @@ async def _run(ctx: _Ctx, kafka_version: str | None) -> dict[str, Any]:
         "runs": runs,
         "method": (
             "events stamped occurred_at = wall clock when handed to the producer (linger 20 ms);"
-            " latency = CreateTime of the score with the same account and as_of, minus that"
+            " latency = CreateTime of the first score of the same account with as_of >="
+            " occurred_at (the first that reflects the event), minus occurred_at"
         ),
     }
     result["state"]["rss_after_latency_kb"] = _rss_kb(worker.pid).get("VmRSS")
