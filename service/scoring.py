@@ -987,15 +987,10 @@ def health_score(ev: Evaluation, *, now_ms: int | None = None) -> HealthScore:
             if model is None:
                 return _validated_health_score(ev, computed)
             models[i] = cached[i] = model
+    if not _score_fields_ok(ev):
+        return _validated_health_score(ev, computed)
     delta_7d, delta_30d = ev.delta_7d, ev.delta_30d
     score = ev.score
-    if not (
-        type(score) is float
-        and 0.0 <= score <= 100.0
-        and (delta_7d is None or (type(delta_7d) is float and math.isfinite(delta_7d)))
-        and (delta_30d is None or (type(delta_30d) is float and math.isfinite(delta_30d)))
-    ):
-        return _validated_health_score(ev, computed)
     return _model(
         HealthScore,
         {
@@ -1028,20 +1023,11 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
     """
     computed = int(time.time() * 1000) if now_ms is None else now_ms
     components = []
-    for metric, value, score, weight, contribution in ev.components:
-        score = round(score, 1)
-        weight = round(weight, 4)
-        contribution = round(contribution, 2)
-        if not (
-            (value is None or (type(value) is float and _isfinite(value)))
-            and type(score) is float
-            and type(weight) is float
-            and type(contribution) is float
-            and 0.0 <= score <= 100.0
-            and 0.0 <= weight < _INF
-            and -_INF < contribution < _INF
-        ):
+    for c in ev.components:
+        rounded = _rounded_component(c)
+        if rounded is None:
             return to_json(health_score(ev, now_ms=computed))
+        metric, value, score, weight, contribution = rounded
         components.append(
             {
                 "metric": metric,
@@ -1051,27 +1037,20 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
                 "contribution": contribution,
             }
         )
-    delta_7d, delta_30d = ev.delta_7d, ev.delta_30d
-    score = ev.score
-    if not (
-        type(score) is float
-        and 0.0 <= score <= 100.0
-        and (delta_7d is None or (type(delta_7d) is float and math.isfinite(delta_7d)))
-        and (delta_30d is None or (type(delta_30d) is float and math.isfinite(delta_30d)))
-    ):
+    if not _score_fields_ok(ev):
         return to_json(health_score(ev, now_ms=computed))
     name, version = ev.scorecard
     return orjson.dumps(
         {
             "account_id": ev.account_id,
-            "score": score,
+            "score": ev.score,
             "bucket": ev.bucket,
             "grade": ev.grade,
             "stage": ev.stage,
             "scorecard": {"name": name, "version": version},
             "components": components,
             "missing": list(ev.missing),
-            "trend": {"delta_7d": delta_7d, "delta_30d": delta_30d},
+            "trend": {"delta_7d": ev.delta_7d, "delta_30d": ev.delta_30d},
             "as_of": _utc(ev.as_of),
             "computed_at": _utc(computed),
             "low_confidence": ev.low_confidence,
@@ -1132,8 +1111,10 @@ _isfinite = math.isfinite
 _INF: Final = math.inf
 
 
-def _component_model(c: ComponentResult) -> Component | None:
-    """The message form of a component, or ``None`` if it would not validate."""
+def _rounded_component(
+    c: ComponentResult,
+) -> tuple[str, float | None, float, float, float] | None:
+    """A component's published values (rounded), or ``None`` if they would not validate."""
     metric, value, score, weight, contribution = c
     if value is not None and (type(value) is not float or not _isfinite(value)):
         return None
@@ -1149,6 +1130,27 @@ def _component_model(c: ComponentResult) -> Component | None:
         and -_INF < contribution < _INF
     ):
         return None
+    return metric, value, score, weight, contribution
+
+
+def _score_fields_ok(ev: Evaluation) -> bool:
+    """Whether the score and trend of ``ev`` are what the message model accepts."""
+    delta_7d, delta_30d = ev.delta_7d, ev.delta_30d
+    score = ev.score
+    return (
+        type(score) is float
+        and 0.0 <= score <= 100.0
+        and (delta_7d is None or (type(delta_7d) is float and math.isfinite(delta_7d)))
+        and (delta_30d is None or (type(delta_30d) is float and math.isfinite(delta_30d)))
+    )
+
+
+def _component_model(c: ComponentResult) -> Component | None:
+    """The message form of a component, or ``None`` if it would not validate."""
+    rounded = _rounded_component(c)
+    if rounded is None:
+        return None
+    metric, value, score, weight, contribution = rounded
     model: Component = _new_object(Component)
     _set_attribute(
         model,

@@ -75,14 +75,22 @@ class BatchConsumer(faust_aiokafka.Consumer):
         handler = transport.batch_handler
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                generation = self.app.consumer_generation_id
                 records, active = await self._wait_next_records(1.0)
+                # As faust's getmany: the generation the records are handed
+                # on in is the one after the fetch. (Taking it before the
+                # fetch dropped changelog records fetched right after a
+                # rebalance, and table recovery then waited for them forever.)
+                generation = self.app.consumer_generation_id
                 await self.sleep(0)
                 if not records or self.should_stop:
                     continue
-                if not self.flow_active or generation != self.app.consumer_generation_id:
-                    # Fetched across a rebalance: the records are read again
-                    # from the committed offsets.
+                if not self.flow_active:
+                    # faust's getmany: records fetched while the flow is
+                    # stopped are dropped and read again from the committed offsets.
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning("seek after a stopped flow failed: %r", exc)
                     continue
                 batch: dict[Any, Sequence[Any]] = {}
                 for tp, tp_records in records.items():
@@ -92,6 +100,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         batch[tp] = tp_records
                         continue
                     for record in tp_records:
+                        if self.app.consumer_generation_id != generation:
+                            break  # a rebalance began meanwhile (faust does the same)
                         offset = record.offset
                         seen = read_offset[tp]
                         if seen is None or offset >= seen:
