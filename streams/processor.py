@@ -73,6 +73,9 @@ from streams.batch_consumer import BatchConsumer, BatchTransport
 
 log = logging.getLogger("vitals.processor")
 
+import os as _os
+
+_TRACE = bool(_os.environ.get("VITALS_TRACE"))
 #: A source whose newest event is this recent carries live events (see ``safe_time``).
 LIVE_WINDOW_MS = 60_000
 
@@ -260,6 +263,16 @@ class Processor:
                 continue
             source = (tp.topic, tp.partition)
             self.last_read[source] = now
+            done = self.positions.get(source)
+            if done is not None and records[0].offset <= done:
+                # faust seeks every partition back to its committed offset
+                # after a rebalance's recovery, possibly after this worker
+                # already read (and committed) past it: a record is handled
+                # once per assignment, never twice (its position may already
+                # be pruned from the state).
+                records = [record for record in records if record.offset > done]
+                if not records:
+                    continue
             for record in records:
                 self.on_record(source, record)
             self.positions[source] = records[-1].offset
@@ -665,6 +678,12 @@ class Processor:
                 state = states.get(key)
                 if state is None:
                     continue
+                if _TRACE:
+                    log.warning(
+                        "TRACE prune %s lows=%s",
+                        key,
+                        {n: committed.get(t) for n, t in by_name.items() if n in state.positions},
+                    )
                 self._prune_positions(state, committed, by_name)
                 self.outbox.append((changelog, key, state.to_bytes(), partition, None))
             self.dirty.clear()
@@ -684,7 +703,13 @@ class Processor:
             if inflight:
                 await asyncio.gather(*inflight)
             if offsets:
-                await self.consumer.commit_offsets(offsets)
+                done = await self.consumer.commit_offsets(offsets)
+                if _TRACE:
+                    log.warning(
+                        "TRACE commit done=%s %s",
+                        done,
+                        sorted((tp.topic[-12:], tp.partition, o) for tp, o in offsets.items()),
+                    )
         except Exception as exc:
             log.critical("stopping the worker: commit failed: %s", exc, exc_info=True)
             await self.top.app.crash(exc)

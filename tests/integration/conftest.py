@@ -39,8 +39,13 @@ def worker_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..
 @pytest.fixture
 async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     """A plain aiokafka producer with default (murmur2) partitioning."""
+    # Idempotent: a retried produce request must not write an event twice,
+    # since the tests count every event (duplicates are tested on purpose).
     client = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, max_request_size=4 * 1024 * 1024, acks="all"
+        bootstrap_servers=kafka_bootstrap,
+        max_request_size=4 * 1024 * 1024,
+        acks="all",
+        enable_idempotence=True,
     )
     await client.start()
     try:

@@ -326,6 +326,7 @@ async def test_sigkill_and_restart_gives_the_replay_scores(
     produced = time.monotonic()
 
     at_kill = await wait_consumed([first], CRASH_EVENTS // 2, timeout=300)
+    before = await outcomes(first)
     first.kill()
     killed = time.monotonic()
     second = await ready(worker_factory(namespace, extra_env=WORKER_ENV))
@@ -338,7 +339,7 @@ async def test_sigkill_and_restart_gives_the_replay_scores(
     after = await outcomes(second)
     print(
         f"\nCRASH: produced {CRASH_EVENTS} in {produced - started:.0f}s; killed after "
-        f"{at_kill:.0f} consumed ({killed - started:.0f}s); second worker ready in "
+        f"{at_kill:.0f} consumed {before} ({killed - started:.0f}s); second worker ready in "
         f"{recovered - killed:.1f}s, then consumed {after} and reached the boundary "
         f"after {done - recovered:.0f}s"
     )
