@@ -73,9 +73,6 @@ from streams.batch_consumer import BatchConsumer, BatchTransport
 
 log = logging.getLogger("vitals.processor")
 
-import os as _os
-
-_TRACE = bool(_os.environ.get("VITALS_TRACE"))
 #: A source whose newest event is this recent carries live events (see ``safe_time``).
 LIVE_WINDOW_MS = 60_000
 
@@ -678,12 +675,6 @@ class Processor:
                 state = states.get(key)
                 if state is None:
                     continue
-                if _TRACE:
-                    log.warning(
-                        "TRACE prune %s lows=%s",
-                        key,
-                        {n: committed.get(t) for n, t in by_name.items() if n in state.positions},
-                    )
                 self._prune_positions(state, committed, by_name)
                 self.outbox.append((changelog, key, state.to_bytes(), partition, None))
             self.dirty.clear()
@@ -703,13 +694,7 @@ class Processor:
             if inflight:
                 await asyncio.gather(*inflight)
             if offsets:
-                done = await self.consumer.commit_offsets(offsets)
-                if _TRACE:
-                    log.warning(
-                        "TRACE commit done=%s %s",
-                        done,
-                        sorted((tp.topic[-12:], tp.partition, o) for tp, o in offsets.items()),
-                    )
+                await self.consumer.commit_offsets(offsets)
         except Exception as exc:
             log.critical("stopping the worker: commit failed: %s", exc, exc_info=True)
             await self.top.app.crash(exc)
