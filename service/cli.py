@@ -13,8 +13,12 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 #: command name -> (module, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +40,24 @@ class CliError(click.ClickException):
 
     def show(self, file: object = None) -> None:
         click.echo(f"vitals: error: {self.format_message()}", err=True)
+
+
+def settings_from_options(**options: object) -> Settings:
+    """Settings from the environment, overridden by the options given (None = not given).
+
+    An invalid value is a ``CliError`` naming the setting, not a traceback.
+    """
+    from pydantic import ValidationError
+
+    from service.settings import load_settings
+
+    overrides = {key: value for key, value in options.items() if value is not None}
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = ".".join(map(str, first["loc"]))
+        raise CliError(f"invalid setting {location}: {first['msg']}") from exc
 
 
 class LazyGroup(click.Group):

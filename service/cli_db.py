@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from service.cli import CliError
+from service.cli import CliError, settings_from_options
 
 __all__ = ["db", "resolve_database_url"]
 
@@ -32,17 +32,7 @@ def resolve_database_url(url: str | None) -> str:
     """``--url``, else the ``database_url`` setting (``VITALS_DATABASE_URL``)."""
     if url:
         return url
-    from pydantic import ValidationError
-
-    from service.settings import load_settings
-
-    try:
-        return load_settings().database_url
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CliError(
-            f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from exc
+    return settings_from_options().database_url
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from service.cli import CliError
+from service.cli import CliError, settings_from_options
 
 
 @click.command()
@@ -58,31 +58,17 @@ def demo(
     with their drivers, playbook triggers and events/s. The HTTP API stays up
     meanwhile. Ctrl-C stops everything; a JSON summary line goes to stdout.
     """
-    from pydantic import ValidationError
-
     from service.demo import DemoOptions, run_demo
-    from service.settings import load_settings
 
     if accounts < 1 or rate <= 0 or time_scale <= 0 or refresh <= 0:
         raise CliError("--accounts, --rate, --time-scale and --refresh must be positive")
-    overrides: dict[str, object] = {
-        "database_url": f"sqlite+aiosqlite:///{(data_dir / 'vitals.db').resolve()}",
-    }
-    for key, value in {
-        "bootstrap_servers": bootstrap,
-        "web_port": web_port,
-        "app_id": app_id,
-        "topic_prefix": topic_prefix,
-    }.items():
-        if value is not None:
-            overrides[key] = value
-    try:
-        settings = load_settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CliError(
-            f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from exc
+    settings = settings_from_options(
+        database_url=f"sqlite+aiosqlite:///{(data_dir / 'vitals.db').resolve()}",
+        bootstrap_servers=bootstrap,
+        web_port=web_port,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+    )
     if bootstrap is None and "VITALS_BOOTSTRAP_SERVERS" not in __import__("os").environ:
         settings = settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{kafka_port}"})
     options = DemoOptions(

@@ -10,7 +10,7 @@ import sys
 import click
 import orjson
 
-from service.cli import CliError
+from service.cli import CliError, settings_from_options
 from service.cli_db import resolve_database_url
 
 __all__ = ["history_sink"]
@@ -42,30 +42,15 @@ def history_sink(
     changes, playbook triggers and CSM pulses all. Replays add no duplicates.
     Stops cleanly on Ctrl-C or SIGTERM and prints a JSON summary line.
     """
-    from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from service.history_db import HistoryDbError, redact_url
     from service.history_db import migrate as run_migrations
     from service.history_sink import SinkStats, run_history_sink
-    from service.settings import load_settings
 
-    overrides = {
-        key: value
-        for key, value in {
-            "bootstrap_servers": bootstrap_servers,
-            "app_id": app_id,
-            "topic_prefix": topic_prefix,
-        }.items()
-        if value is not None
-    }
-    try:
-        settings = load_settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CliError(
-            f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from exc
+    settings = settings_from_options(
+        bootstrap_servers=bootstrap_servers, app_id=app_id, topic_prefix=topic_prefix
+    )
     database_url = resolve_database_url(url or settings.database_url)
     if not logging.getLogger().handlers:
         logging.basicConfig(

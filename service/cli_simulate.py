@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, NoReturn
 import click
 import orjson
 
-from service.cli import CliError
+from service.cli import CliError, settings_from_options
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -273,24 +273,7 @@ def _parse_end(text: str | None) -> int:
 
 
 def _settings(bootstrap_servers: str | None, topic_prefix: str | None) -> Settings:
-    from pydantic import ValidationError
-
-    from service.settings import load_settings
-
-    overrides = {
-        key: value
-        for key, value in {
-            "bootstrap_servers": bootstrap_servers,
-            "topic_prefix": topic_prefix,
-        }.items()
-        if value is not None
-    }
-    try:
-        return load_settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        location = ".".join(map(str, first["loc"]))
-        _fail(f"invalid setting {location}: {first['msg']}")
+    return settings_from_options(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
 
 
 @contextmanager

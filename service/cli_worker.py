@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from service.cli import CliError
+from service.cli import CliError, settings_from_options
 
 
 @click.command()
@@ -32,27 +32,12 @@ def worker(
     import faust
 
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)
-    from pydantic import ValidationError
-
-    from service.settings import load_settings
-
-    overrides = {
-        key: value
-        for key, value in {
-            "bootstrap_servers": bootstrap_servers,
-            "web_port": web_port,
-            "app_id": app_id,
-            "topic_prefix": topic_prefix,
-        }.items()
-        if value is not None
-    }
-    try:
-        settings = load_settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CliError(
-            f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from exc
+    settings = settings_from_options(
+        bootstrap_servers=bootstrap_servers,
+        web_port=web_port,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+    )
 
     from service.playbooks import PlaybookError
     from service.scorecard import ScorecardError
