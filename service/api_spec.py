@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from schemas import load_schema
+from schemas.events import EVENT_MODELS
 
 __all__ = ["openapi_document"]
 
@@ -55,22 +56,7 @@ _TIME = {"type": "string", "description": "RFC 3339 timestamp or epoch milliseco
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document (built once)."""
-    event_schemas = {
-        name: load_schema("events", name)
-        for name in (
-            "login",
-            "feature_use",
-            "support_ticket",
-            "account",
-            "csm_touch",
-            "survey",
-            "pulse",
-            "milestone",
-            "kpi",
-            "contract",
-            "invoice",
-        )
-    }
+    event_schemas = {name: load_schema("events", name) for name in EVENT_MODELS}
     components: dict[str, Any] = {
         "Error": _ERROR,
         "HealthScore": load_schema("outputs", "health-score"),
