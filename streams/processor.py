@@ -181,6 +181,10 @@ class Processor:
         self.repartition_topic = settings.repartition_topic
         self.input_kinds = dict(settings.input_topics)
         self.partitions = settings.partitions
+        #: Topics whose read progress orders events (the clock's sources).
+        self.sources = frozenset([*settings.input_topics, settings.repartition_topic])
+        #: Topics whose offsets this processor commits.
+        self.committed_topics = self.sources | {settings.ticks_topic}
 
     # ------------------------------------------------------------ state access
 
@@ -372,9 +376,9 @@ class Processor:
         (older event times) is always held in order. ``inf`` when nothing
         holds back, None when a source has not shown any event time yet.
         """
-        settings = self.top.settings
+        settings = self.settings
         consumer = self.top.app.consumer
-        sources = set(settings.input_topics) | {settings.repartition_topic}
+        sources = self.sources
         now = time.monotonic()
         now_ms = int(time.time() * 1000)
         live_from = now_ms - LIVE_WINDOW_MS
@@ -638,8 +642,7 @@ class Processor:
     def committable(self) -> dict[Any, int]:
         """``{tp: next offset}`` below which every read record has been handled."""
         consumer = self.consumer
-        settings = self.top.settings
-        topics = set(settings.input_topics) | {settings.repartition_topic, settings.ticks_topic}
+        topics = self.committed_topics
         offsets: dict[Any, int] = {}
         committed = consumer._committed_offset
         for tp in consumer.assignment():
@@ -762,8 +765,7 @@ class Processor:
         assignment = consumer.assignment()
         # The assignment also holds the changelog partitions faust reads for
         # recovery: only the topics this worker processes count for the clock.
-        sources = set(settings.input_topics) | {settings.repartition_topic}
-        inputs = [tp for tp in assignment if tp.topic in sources]
+        inputs = [tp for tp in assignment if tp.topic in self.sources]
         tick_tps = [tp for tp in assignment if tp.topic == settings.ticks_topic]
         if not inputs or not tick_tps:
             return
