@@ -608,7 +608,38 @@ class DailyWindow(Generic[S, V, R]):
         return window
 
 
-class LastSeen:
+class _DayHistogram:
+    """Keys per day (``hist``) with running totals: the counting shared by
+    :class:`LastSeen` and :class:`DayIndex`, which keep ``hist`` up to date."""
+
+    __slots__ = ("_prefix", "hist")
+
+    hist: dict[int, int]
+    _prefix: _Prefix
+
+    def count_since(self, first_day: int) -> int:
+        """Number of keys whose day is on or after ``first_day`` (O(1) once built)."""
+        prefix = self._prefix
+        if prefix.sums or prefix.rebuild(self.hist, _add, 0):
+            if first_day < prefix.floor:
+                first_day = prefix.floor
+            if first_day > prefix.top:
+                return 0
+            sums = prefix.sums
+            n: int = sums[-1] - sums[first_day - prefix.base]
+            return n
+        return sum(n for day, n in self.hist.items() if day >= first_day)
+
+    def next_day(self, first_day: int) -> int | None:
+        """Earliest day on or after ``first_day`` any key has, or ``None``."""
+        prefix = self._prefix
+        if prefix.sums or prefix.rebuild(self.hist, _add, 0):
+            return prefix.first_present(first_day)
+        later = [day for day in self.hist if day >= first_day]
+        return min(later) if later else None
+
+
+class LastSeen(_DayHistogram):
     """Key -> last event-time day seen, with at most ``cap`` keys.
 
     ``touch`` keeps the latest day per key whatever the arrival order. When a
@@ -620,7 +651,7 @@ class LastSeen:
     serialised) with running totals makes :meth:`count_since` O(1).
     """
 
-    __slots__ = ("_low", "_prefix", "cap", "days", "hist")
+    __slots__ = ("_low", "cap", "days")
 
     def __init__(self, cap: int) -> None:
         if cap < 1:
@@ -679,27 +710,6 @@ class LastSeen:
         """Last day ``key`` was seen, or ``None``."""
         return self.days.get(key)
 
-    def count_since(self, first_day: int) -> int:
-        """Number of keys seen on or after ``first_day``."""
-        prefix = self._prefix
-        if prefix.sums or prefix.rebuild(self.hist, _add, 0):
-            if first_day < prefix.floor:
-                first_day = prefix.floor
-            if first_day > prefix.top:
-                return 0
-            sums = prefix.sums
-            n: int = sums[-1] - sums[first_day - prefix.base]
-            return n
-        return sum(n for day, n in self.hist.items() if day >= first_day)
-
-    def next_day(self, first_day: int) -> int | None:
-        """Earliest last-seen day at or after ``first_day``, or ``None``."""
-        prefix = self._prefix
-        if prefix.sums or prefix.rebuild(self.hist, _add, 0):
-            return prefix.first_present(first_day)
-        later = [day for day in self.hist if day >= first_day]
-        return min(later) if later else None
-
     def keys_since(self, first_day: int) -> Iterator[str]:
         """Keys seen on or after ``first_day``."""
         return (key for key, day in self.days.items() if day >= first_day)
@@ -745,7 +755,7 @@ class LastSeen:
         return seen
 
 
-class DayIndex:
+class DayIndex(_DayHistogram):
     """Key -> day, with O(1) "how many keys have a day on or after D".
 
     Like :class:`LastSeen` without the cap or the latest-day rule: a key's
@@ -753,7 +763,7 @@ class DayIndex:
     feature adoption of :mod:`service.account_state`).
     """
 
-    __slots__ = ("_prefix", "days", "hist")
+    __slots__ = ("days",)
 
     def __init__(self) -> None:
         self.days: dict[str, int] = {}
@@ -781,22 +791,6 @@ class DayIndex:
             days[key] = day
             hist[day] = hist.get(day, 0) + 1
             prefix.update(day, hist, _add)
-
-    def count_since(self, first_day: int) -> int:
-        """Number of keys whose day is on or after ``first_day``."""
-        prefix = self._prefix
-        if prefix.sums or prefix.rebuild(self.hist, _add, 0):
-            n: int = prefix.total(first_day, prefix.top, 0, _sub)
-            return n
-        return sum(n for day, n in self.hist.items() if day >= first_day)
-
-    def next_day(self, first_day: int) -> int | None:
-        """Earliest day on or after ``first_day`` any key has, or ``None``."""
-        prefix = self._prefix
-        if prefix.sums or prefix.rebuild(self.hist, _add, 0):
-            return prefix.first_present(first_day)
-        later = [day for day in self.hist if day >= first_day]
-        return min(later) if later else None
 
     def __len__(self) -> int:
         return len(self.days)
