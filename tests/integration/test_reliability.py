@@ -400,7 +400,12 @@ async def test_surviving_worker_takes_over_a_killed_workers_partitions(
         # the evidence of where the survivor is stuck, kept in the log file.
         assert survivor.process is not None
         os.kill(survivor.process.pid, signal.SIGUSR1)
-        await asyncio.sleep(2)  # not synchronisation: time for the dump, then kill
+
+        async def dumped() -> bool:
+            return "Stack for" in survivor.log_tail(200)
+
+        with contextlib.suppress(AssertionError):  # already failing: kill it either way
+            await wait_for(dumped, timeout=10, what="the task dump in the survivor's log")
         survivor.kill()
         raise AssertionError(
             f"{exc}; task stacks in {survivor.log_path}; log tail:\n{survivor.log_tail(15)}"
