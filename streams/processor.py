@@ -137,8 +137,11 @@ class Processor:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: account key -> latest published summary (portfolio, accounts-per-bucket gauge).
     summaries: dict[bytes, AccountSummary] = field(default_factory=dict)
-    #: Newest tick boundary this worker has sent.
+    #: Newest tick boundary this worker has sent in the current assignment.
     last_tick: int = 0
+    #: Counts assignments: ``forget_partitions`` moves it on, so work that
+    #: awaited across a rebalance can tell its bookkeeping is stale.
+    epoch: int = 0
     #: (topic, partition) -> monotonic time of the last message read from it.
     last_read: dict[tuple[str, int], float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -359,7 +362,8 @@ class Processor:
         one before the committed offset it was resumed from (None: unknown)."""
         done = self.positions.get((tp.topic, tp.partition))
         if done is None:
-            committed = self.consumer._committed_offset.get(tp)
+            consumer: Any = self.top.app.consumer
+            committed = consumer._committed_offset.get(tp)
             if committed is not None and committed > 0:
                 return int(committed) - 1
         return done
@@ -752,6 +756,7 @@ class Processor:
         # The next owner of a partition must get a tick even for a boundary
         # this worker already announced.
         self.last_tick = 0
+        self.epoch += 1
 
     # ------------------------------------------------------------ timer
 
@@ -793,6 +798,7 @@ class Processor:
                 PartitionProgress(caught_up, self.watermarks.get((tp.topic, tp.partition)))
             )
         as_of = timer_as_of(int(time.time() * 1000), self.scorecard.rescore_interval_ms, progress)
+        epoch = self.epoch
         if as_of is None or as_of <= self.last_tick:
             # Nothing new to evaluate; still wake partitions whose buffered
             # events wait on a topic that has gone quiet.
@@ -806,7 +812,11 @@ class Processor:
             await self.top.ticks.send(
                 key=None, value=orjson.dumps({"as_of": as_of}), partition=tp.partition
             )
-        self.last_tick = as_of
+        # A rebalance while a send was awaited reset ``last_tick`` for the new
+        # assignment; recording this boundary now would keep it from the
+        # partitions just taken over (they would never be evaluated at it).
+        if self.epoch == epoch:
+            self.last_tick = as_of
 
 
 def install_processor(

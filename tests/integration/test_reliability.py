@@ -412,9 +412,16 @@ async def test_surviving_worker_takes_over_a_killed_workers_partitions(
         ) from exc
     taken = time.monotonic()
     reference = Reference(values)
-    streamed, changes, boundary = await final_outputs(
-        kafka_bootstrap, namespace, FAILOVER_ACCOUNTS, timeout=300, check=survivor._check_alive
-    )
+    try:
+        streamed, changes, boundary = await final_outputs(
+            kafka_bootstrap, namespace, FAILOVER_ACCOUNTS, timeout=300, check=survivor._check_alive
+        )
+    except AssertionError as exc:
+        # Which partitions were evaluated at which boundary, from the survivor's log.
+        ticks = [line for line in survivor.log_tail(5_000).splitlines() if "] tick " in line]
+        raise AssertionError(
+            f"{exc}; survivor log {survivor.log_path}; its last ticks:\n" + "\n".join(ticks[-12:])
+        ) from exc
     print(
         f"\nFAILOVER: killed one of two workers after {at_kill:.0f} consumed "
         f"({killed - started:.0f}s); the survivor owned all partitions {taken - killed:.1f}s "
