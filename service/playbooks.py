@@ -45,13 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -70,6 +68,7 @@ from service.scorecard import (
     condition_metrics,
 )
 from service.scoring import Evaluation, evaluate_condition
+from service.yaml_config import ConfigError, RefError, load_text, parse_model
 
 if TYPE_CHECKING:
     from service.account_state import AccountState
@@ -110,25 +109,8 @@ _MAX_DURATION_MS: Final = 3650 * 86_400_000
 _COND_TAG: Final = "cond:"  # the scorecard's condition union tags; not part of a path
 
 
-class PlaybookError(Exception):
+class PlaybookError(ConfigError):
     """An invalid playbooks file: ``source`` (file), dotted ``path`` inside it, ``reason``."""
-
-    def __init__(self, source: str, path: str, reason: str) -> None:
-        super().__init__(source, path, reason)
-        self.source = source
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.path}: {self.reason}"
-
-
-class _RefError(Exception):
-    # Not a ValueError, so pydantic lets it through with our own precise path.
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
 
 
 def parse_duration(text: str) -> int:
@@ -245,7 +227,7 @@ class PlaybookSet(_Model):
         seen: set[str] = set()
         for i, playbook in enumerate(self.playbooks):
             if playbook.name in seen:
-                raise _RefError(f"playbooks.{i}.name", f"duplicate playbook name {playbook.name!r}")
+                raise RefError(f"playbooks.{i}.name", f"duplicate playbook name {playbook.name!r}")
             seen.add(playbook.name)
 
     @functools.cached_property
@@ -288,25 +270,6 @@ class PlaybookSet(_Model):
 # ------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (a silent override is a classic typo)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _error_path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for i, part in enumerate(loc):
@@ -335,33 +298,20 @@ def _error_reason(err: Mapping[str, Any]) -> str:
 
 def parse_playbooks(text: str, source: str = "<string>") -> PlaybookSet:
     """Parse and validate playbooks YAML; raises :class:`PlaybookError`."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        raise PlaybookError(source, "(yaml)", f"{where}{' '.join(str(problem).split())}") from None
-    if not isinstance(data, dict):
-        raise PlaybookError(source, "(root)", "a playbooks file must be a YAML mapping")
-    try:
-        return PlaybookSet.model_validate(data)
-    except _RefError as exc:
-        raise PlaybookError(source, exc.path, exc.reason) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise PlaybookError(source, _error_path(err["loc"]), _error_reason(err)) from None
+    return parse_model(
+        PlaybookSet,
+        text,
+        source,
+        PlaybookError,
+        what="a playbooks file",
+        path_of=_error_path,
+        reason_of=_error_reason,
+    )
 
 
 def load_playbooks(path: str | Path) -> PlaybookSet:
     """Read and validate a playbooks file; raises :class:`PlaybookError`."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PlaybookError(source, "(file)", reason) from None
-    return parse_playbooks(text, source)
+    return parse_playbooks(load_text(path, PlaybookError), str(path))
 
 
 @functools.cache

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,7 +33,6 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     Tag,
-    ValidationError,
     model_validator,
 )
 
@@ -46,6 +44,7 @@ from service.metrics_catalog import (
     build_extractor,
     build_stability,
 )
+from service.yaml_config import ConfigError, RefError, load_text, parse_model
 
 __all__ = [
     "BUCKETS",
@@ -94,26 +93,8 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Stage = Literal["onboarding", "adoption", "maturity", "renewal"]
 
 
-class ScorecardError(Exception):
+class ScorecardError(ConfigError):
     """An invalid scorecard: ``source`` (file), dotted ``path`` inside it, ``reason``."""
-
-    def __init__(self, source: str, path: str, reason: str) -> None:
-        super().__init__(source, path, reason)
-        self.source = source
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.path}: {self.reason}"
-
-
-class _RefError(Exception):
-    # Raised inside validation for cross-reference problems; not a ValueError,
-    # so pydantic lets it through with our own precise path.
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
 
 
 class _Model(BaseModel):
@@ -566,14 +547,14 @@ class Scorecard(_Model):
     @model_validator(mode="after")
     def _references(self) -> Scorecard:
         if 1440 % self.rescore_interval_minutes:
-            raise _RefError("rescore_interval_minutes", "must divide a day (1440 minutes)")
+            raise RefError("rescore_interval_minutes", "must divide a day (1440 minutes)")
         for metric, definition in self.metrics.items():
             if not _is_name(metric):
-                raise _RefError(f"metrics.{metric}", "metric names are lower_snake_case")
+                raise RefError(f"metrics.{metric}", "metric names are lower_snake_case")
             source = definition.source_name(metric)
             if source not in CATALOG:
                 where = "source" if definition.source else ""
-                raise _RefError(
+                raise RefError(
                     _join("metrics", metric, where),
                     f"unknown metric source {source!r} (known: {', '.join(sorted(CATALOG))})",
                 )
@@ -582,12 +563,12 @@ class Scorecard(_Model):
                 self._reads[metric] = CATALOG[source].dependencies
                 self._stables[metric] = build_stability(source, definition.params)
             except ParamsError as exc:
-                raise _RefError(_join("metrics", metric, "params", exc.field), exc.reason) from None
+                raise RefError(_join("metrics", metric, "params", exc.field), exc.reason) from None
         self._check_profile("", self.groups, None, self.gates)
         names: set[str] = set()
         for i, profile in enumerate(self.profiles):
             if profile.name == "default" or profile.name in names:
-                raise _RefError(f"profiles.{i}.name", f"duplicate profile name {profile.name!r}")
+                raise RefError(f"profiles.{i}.name", f"duplicate profile name {profile.name!r}")
             names.add(profile.name)
             self._check_profile(f"profiles.{i}.", profile.groups, profile.normalise, profile.gates)
         self._resolve()
@@ -607,16 +588,16 @@ class Scorecard(_Model):
                 for metric, weight in spec.metrics.items():
                     path = f"{prefix}groups.{group}.metrics.{metric}"
                     if metric not in self.metrics:
-                        raise _RefError(path, f"unknown metric {metric!r} (define it in metrics)")
+                        raise RefError(path, f"unknown metric {metric!r} (define it in metrics)")
                     if metric in seen:
-                        raise _RefError(path, f"metric already weighted in group {seen[metric]!r}")
+                        raise RefError(path, f"metric already weighted in group {seen[metric]!r}")
                     seen[metric] = group
                     total += weight
             if total <= 0:
-                raise _RefError(f"{prefix}groups", "at least one metric needs a weight above 0")
+                raise RefError(f"{prefix}groups", "at least one metric needs a weight above 0")
         for metric in normalise or {}:
             if metric not in self.metrics:
-                raise _RefError(f"{prefix}normalise.{metric}", f"unknown metric {metric!r}")
+                raise RefError(f"{prefix}normalise.{metric}", f"unknown metric {metric!r}")
         for i, gate in enumerate(gates or []):
             parts = [("when" if gate.when is not None else "unless", gate.condition)]
             if gate.release is not None:
@@ -624,7 +605,7 @@ class Scorecard(_Model):
             for part, cond in parts:
                 for metric in condition_metrics(cond):
                     if metric not in self.metrics:
-                        raise _RefError(
+                        raise RefError(
                             f"{prefix}gates.{i}.{part}",
                             f"unknown metric {metric!r} (define it in metrics)",
                         )
@@ -744,69 +725,21 @@ def _join(*parts: str) -> str:
 # ------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (a silent override is a classic typo)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
 def _error_path(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith(_TAG)]
     return ".".join(parts) or "(root)"
 
 
-def _error_reason(message: str) -> str:
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if message.startswith(prefix):
-            message = message[len(prefix) :]
-    return " ".join(message.split())
-
-
 def parse_scorecard(text: str, source: str = "<string>") -> Scorecard:
     """Parse and validate scorecard YAML; raises :class:`ScorecardError`."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        raise ScorecardError(source, "(yaml)", f"{where}{' '.join(str(problem).split())}") from None
-    if not isinstance(data, dict):
-        raise ScorecardError(source, "(root)", "a scorecard must be a YAML mapping")
-    try:
-        return Scorecard.model_validate(data)
-    except _RefError as exc:
-        raise ScorecardError(source, exc.path, exc.reason) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise ScorecardError(source, _error_path(err["loc"]), _error_reason(err["msg"])) from None
+    return parse_model(
+        Scorecard, text, source, ScorecardError, what="a scorecard", path_of=_error_path
+    )
 
 
 def load_scorecard(path: str | Path) -> Scorecard:
     """Read and validate a scorecard file; raises :class:`ScorecardError`."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ScorecardError(source, "(file)", reason) from None
-    return parse_scorecard(text, source)
+    return parse_scorecard(load_text(path, ScorecardError), str(path))
 
 
 @functools.cache
