@@ -44,8 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -57,6 +55,8 @@ from random import Random
 from typing import Any, Final
 
 import orjson
+
+from service.child_process import free_port, http_get, spawn, stop_group, vitals_command, worker_env
 
 __all__ = [
     "SCHEMA",
@@ -484,23 +484,6 @@ def _stderr(message: str) -> None:
 # ----------------------------------------------------------------- processes
 
 
-def _http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _rss_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process in kB (empty when unreadable)."""
     out: dict[str, int] = {}
@@ -537,7 +520,7 @@ class Worker:
     partitions: int
     work_dir: Path
     profile_to: Path | None = None
-    web_port: int = field(default_factory=_free_port)
+    web_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -549,20 +532,18 @@ class Worker:
         return self.work_dir / f"worker-{self.app_id}.log"
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VITALS_")}
-        env.update(
-            {
-                "VITALS_BOOTSTRAP_SERVERS": self.bootstrap,
-                "VITALS_APP_ID": self.app_id,
-                "VITALS_TOPIC_PREFIX": self.topic_prefix,
-                "VITALS_PARTITIONS": str(self.partitions),
-                "VITALS_WEB_PORT": str(self.web_port),
-                "VITALS_DATA_DIR": str(self.work_dir / f"data-{self.app_id}"),
-                "PYTHONUNBUFFERED": "1",
-            }
+        base = {k: v for k, v in os.environ.items() if not k.startswith("VITALS_")}
+        env = worker_env(
+            base,
+            bootstrap=self.bootstrap,
+            app_id=self.app_id,
+            topic_prefix=self.topic_prefix,
+            partitions=self.partitions,
+            web_port=self.web_port,
+            data_dir=self.work_dir / f"data-{self.app_id}",
         )
         if self.profile_to is None:
-            command = [sys.executable, "-m", "service", "worker"]
+            command = vitals_command("worker")
         else:
             command = [
                 sys.executable,
@@ -571,15 +552,7 @@ class Worker:
                 "profiled_worker(sys.argv[1])",
                 str(self.profile_to),
             ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.process = spawn(command, env, self.log_path)
 
     @property
     def pid(self) -> int:
@@ -601,7 +574,7 @@ class Worker:
         return "(no log)"
 
     def metrics(self) -> str:
-        status, body = _http_get(f"{self.url}/metrics")
+        status, body = http_get(f"{self.url}/metrics")
         if status != 200:
             raise BenchError(f"GET /metrics answered {status}")
         return body.decode()
@@ -609,7 +582,7 @@ class Worker:
     def ready(self) -> bool:
         self.check_alive()
         try:
-            status, _ = _http_get(f"{self.url}/readyz", timeout=2)
+            status, _ = http_get(f"{self.url}/readyz", timeout=2)
         except OSError:
             return False
         return status == 200
@@ -631,16 +604,7 @@ class Worker:
         """SIGTERM the process group and wait; SIGKILL after ``timeout``."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        return self.process.returncode
+        return stop_group(self.process, timeout)
 
 
 def profiled_worker(path: str) -> None:
@@ -1413,8 +1377,8 @@ def run_bench(params: BenchParams, progress: Progress = _stderr) -> dict[str, An
         else:
             kafka = LocalKafka(
                 data_dir=work_dir / "kafka",
-                port=_free_port(),
-                controller_port=_free_port(),
+                port=free_port(),
+                controller_port=free_port(),
                 die_with_parent=True,
             )
             progress(f"starting a local Kafka {DEFAULT_KAFKA_VERSION} in {kafka.data_dir}")

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import orjson
 
+from service.child_process import spawn, vitals_command, worker_env
 from service.settings import Settings
 
 __all__ = ["DemoOptions", "run_demo"]
@@ -116,44 +117,35 @@ class Children:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append((name, proc, log))
+        proc = spawn(vitals_command(*args), env, self.log_dir / f"{name}.log")
+        self.procs.append((name, proc))
         # Written for operators (and the demo test) to check nothing outlives us.
         with (self.log_dir / "children.pids").open("a") as pids:
             pids.write(f"{name} {proc.pid}\n")
         return proc
 
     def check(self) -> None:
-        for name, proc, _ in self.procs:
+        for name, proc in self.procs:
             if proc.poll() is not None and proc.returncode != 0:
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
                 raise RuntimeError(f"{name} exited with {proc.returncode}: {' | '.join(tail)}")
 
     def stop(self, timeout: float = 20.0) -> None:
-        for _, proc, _ in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for _, proc, log in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-            log.close()
 
 
 def _get_json(url: str) -> Any:
@@ -270,20 +262,17 @@ def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout
     try:
         ensure_topics(settings)
         asyncio.run(migrate(settings.database_url))
-        env = dict(os.environ)
-        env.update(
-            {
-                "VITALS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-                "VITALS_APP_ID": settings.app_id,
-                "VITALS_TOPIC_PREFIX": settings.topic_prefix,
-                "VITALS_PARTITIONS": str(settings.partitions),
-                "VITALS_WEB_PORT": str(settings.web_port),
-                "VITALS_DATA_DIR": str(data_dir / "worker"),
-                "VITALS_DATABASE_URL": settings.database_url,
-                "VITALS_TIMER_INTERVAL_S": "2",
-                "PYTHONUNBUFFERED": "1",
-            }
+        env = worker_env(
+            os.environ,
+            bootstrap=settings.bootstrap_servers,
+            app_id=settings.app_id,
+            topic_prefix=settings.topic_prefix,
+            partitions=settings.partitions,
+            web_port=settings.web_port,
+            data_dir=data_dir / "worker",
         )
+        env["VITALS_DATABASE_URL"] = settings.database_url
+        env["VITALS_TIMER_INTERVAL_S"] = "2"
         children.start("worker", ["worker"], env)
         children.start("history-sink", ["history-sink", "--no-migrate"], env)
         _wait_worker(settings, children)

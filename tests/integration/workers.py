@@ -9,25 +9,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+# free_port and http_get are re-exported: the integration tests import them from here.
+from service.child_process import free_port as free_port
+from service.child_process import http_get as http_get
+from service.child_process import spawn, stop_group, vitals_command, worker_env
+
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(
@@ -54,14 +49,6 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})"
     )
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
 
 
 @dataclass
@@ -104,32 +91,20 @@ class WorkerProcess:
         return self.data_dir / f"worker-{self.web_port}.log"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "VITALS_BOOTSTRAP_SERVERS": self.bootstrap,
-                "VITALS_APP_ID": self.namespace.app_id,
-                "VITALS_TOPIC_PREFIX": self.namespace.topic_prefix,
-                "VITALS_PARTITIONS": str(self.partitions),
-                "VITALS_WEB_PORT": str(self.web_port),
-                "VITALS_DATA_DIR": str(self.data_dir / f"w{self.web_port}"),
-                "PYTHONUNBUFFERED": "1",
-            }
+        env = worker_env(
+            os.environ,
+            bootstrap=self.bootstrap,
+            app_id=self.namespace.app_id,
+            topic_prefix=self.namespace.topic_prefix,
+            partitions=self.partitions,
+            web_port=self.web_port,
+            data_dir=self.data_dir / f"w{self.web_port}",
         )
         env.update(self.extra_env)
         return env
 
     def start(self) -> WorkerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "worker"],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.process = spawn(vitals_command("worker"), self.env(), self.log_path)
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> WorkerProcess:
@@ -172,11 +147,4 @@ class WorkerProcess:
         """SIGTERM and wait; SIGKILL if it does not stop in time."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        return self.process.returncode
+        return stop_group(self.process, timeout)
