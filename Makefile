@@ -30,7 +30,7 @@ lint: $(STAMP)
 # pytest exits 5 when it collects nothing: that alone is not a failure here.
 test: setup lint
 	bash deploy/ci/install-test-tools.sh
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -ra --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
