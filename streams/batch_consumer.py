@@ -95,6 +95,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 batch: dict[Any, Sequence[Any]] = {}
                 for tp, tp_records in records.items():
                     if active is not None and tp not in active:
+                        # Paused since the fetch (a rebalance began): faust
+                        # drops these too and seeks back when it resumes.
+                        self.log.info(
+                            "dropped %d records of paused %s:%d from offset %d",
+                            len(tp_records),
+                            tp.topic,
+                            tp.partition,
+                            tp_records[0].offset if tp_records else -1,
+                        )
                         continue
                     if tp.topic in batch_topics:
                         batch[tp] = tp_records

@@ -79,6 +79,9 @@ LIVE_WINDOW_MS = 60_000
 #: Items applied between two returns to the event loop (about 50 ms of work).
 RELEASE_CHUNK = 2000
 
+#: Seconds buffered events may wait for a silent source before it is logged.
+STALL_REPORT_S = 30.0
+
 #: Outcome label of a record read again after a crash or rebalance and
 #: recognised by its position (it was applied before).
 REDELIVERED = "redelivered"
@@ -174,6 +177,17 @@ class Processor:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: "topic:partition" names of state positions, by (topic, partition).
     _tp_names: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: source -> end offset asked of the broker, for sources no fetch response
+    #: has given a highwater yet (see ``end_offset``).
+    asked_ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: partition -> (since when its buffered events wait for a source that has
+    #: shown no event time, when that was last logged).
+    stalled: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: partition -> (source, end offset, last offset read) that made the last
+    #: ``safe_time`` of the partition None.
+    blockers: dict[int, tuple[tuple[str, int], int | None, int | None]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         # Hot-path copies of settings (a pydantic attribute or property per
@@ -368,6 +382,42 @@ class Processor:
                 return int(committed) - 1
         return done
 
+    def end_offset(self, tp: Any) -> int | None:
+        """The end offset of ``tp``: the highwater of the last fetch response,
+        else the one asked of the broker (``ask_end_offsets``), else None."""
+        highwater = self.top.app.consumer.highwater(tp)
+        if highwater is not None:
+            return int(highwater)
+        return self.asked_ends.get((tp.topic, tp.partition))
+
+    async def ask_end_offsets(self) -> None:
+        """Ask the broker for the end offsets of sources without a highwater.
+
+        The consumer learns a highwater only from fetch responses; an empty
+        partition was seen to go without one for minutes after a rebalance
+        (CI), and its events' partition then waited for it forever: the clock
+        cannot tell "nothing to read" from "not read yet" without an end offset.
+        """
+        consumer: Any = self.top.app.consumer
+        unknown = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in self.sources and consumer.highwater(tp) is None
+        ]
+        if not unknown:
+            return
+        epoch = self.epoch
+        try:
+            ends = await consumer.highwaters(*unknown)
+        except Exception as exc:  # best effort: asked again at the next timer
+            log.debug("end offsets of %d partitions not known: %r", len(unknown), exc)
+            return
+        if self.epoch != epoch:
+            return  # a rebalance meanwhile: the answer is for another assignment
+        for tp, end in ends.items():
+            if end is not None:
+                self.asked_ends[(tp.topic, tp.partition)] = int(end)
+
     def safe_time(self, partition: int) -> float | None:
         """Event time up to which partition ``partition`` can be applied in order.
 
@@ -391,16 +441,17 @@ class Processor:
             if tp.partition != partition or tp.topic not in sources:
                 continue
             source = (tp.topic, tp.partition)
-            highwater = consumer.highwater(tp)
+            highwater = self.end_offset(tp)
             done = self.done_offset(tp)
             drained = highwater is not None and (
-                int(highwater) == 0 or (done is not None and done + 1 >= int(highwater))
+                highwater == 0 or (done is not None and done + 1 >= highwater)
             )
             quiet = now - self.last_read.get(source, self.started)
             if drained and quiet >= settings.clock_idle_s:
                 continue
             newest = self.watermarks.get(source)
             if newest is None:
+                self.blockers[partition] = (source, highwater, done)
                 return None
             if drained and newest >= live_from:
                 newest = max(newest, now_ms - settings.live_skew_ms)
@@ -752,6 +803,9 @@ class Processor:
         self.watermarks.clear()
         self.last_read.clear()
         self.newest_read.clear()
+        self.asked_ends.clear()
+        self.stalled.clear()
+        self.blockers.clear()
         self.index = None
         # The next owner of a partition must get a tick even for a boundary
         # this worker already announced.
@@ -760,6 +814,32 @@ class Processor:
 
     # ------------------------------------------------------------ timer
 
+    def report_stalls(self) -> None:
+        """Log partitions whose buffered events have waited ``STALL_REPORT_S``
+        or longer for a source that has shown no event time (every
+        ``STALL_REPORT_S`` while it lasts): what holds them, for the operator."""
+        now = time.monotonic()
+        for partition, heap in self.buffers.items():
+            if not heap or self.safe_time(partition) is not None:
+                self.stalled.pop(partition, None)
+                continue
+            since, logged = self.stalled.get(partition, (now, 0.0))
+            if now - since >= STALL_REPORT_S and now - logged >= STALL_REPORT_S:
+                (topic, source_partition), end, done = self.blockers[partition]
+                log.warning(
+                    "partition %d: %d buffered events have waited %.0f s for %s:%d, "
+                    "from which nothing has been read (end offset %s, last offset read %s)",
+                    partition,
+                    len(heap),
+                    now - since,
+                    topic,
+                    source_partition,
+                    end,
+                    done,
+                )
+                logged = now
+            self.stalled[partition] = (since, logged)
+
     async def maybe_tick(self) -> None:
         """Send a tick to each owned partition once the clock passes a new boundary."""
         app = self.top.app
@@ -767,6 +847,8 @@ class Processor:
         consumer = app.consumer
         if consumer is None or app.rebalancing:
             return
+        await self.ask_end_offsets()
+        self.report_stalls()
         assignment = consumer.assignment()
         # The assignment also holds the changelog partitions faust reads for
         # recovery: only the topics this worker processes count for the clock.
@@ -779,8 +861,8 @@ class Processor:
         for tp in inputs:
             # The end offset as of the last fetch response (None before the
             # first): cheap, and never ahead of what the consumer can see.
-            highwater = consumer.highwater(tp)
-            end = 0 if highwater is None else int(highwater)
+            highwater = self.end_offset(tp)
+            end = 0 if highwater is None else highwater
             done = self.done_offset(tp)
             # "Nothing left to read" only means "live" once the partition has
             # also been quiet for a while: a backfill producer slower than this

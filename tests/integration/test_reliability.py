@@ -418,9 +418,14 @@ async def test_surviving_worker_takes_over_a_killed_workers_partitions(
         )
     except AssertionError as exc:
         # Which partitions were evaluated at which boundary, from the survivor's log.
-        ticks = [line for line in survivor.log_tail(5_000).splitlines() if "] tick " in line]
+        ticks = [
+            line
+            for line in survivor.log_tail(5_000).splitlines()
+            if "] tick " in line or "have waited" in line or "dropped" in line
+        ]
         raise AssertionError(
-            f"{exc}; survivor log {survivor.log_path}; its last ticks:\n" + "\n".join(ticks[-12:])
+            f"{exc}; survivor log {survivor.log_path}; its last ticks and stalls:\n"
+            + "\n".join(ticks[-20:])
         ) from exc
     print(
         f"\nFAILOVER: killed one of two workers after {at_kill:.0f} consumed "

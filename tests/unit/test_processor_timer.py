@@ -1,13 +1,18 @@
-"""The processor's timer across a rebalance (no broker: the consumer is a stand-in).
+"""The processor's timer (no broker: the consumer is a stand-in).
 
 ``Processor.maybe_tick`` awaits each tick send; faust runs the revocation
 handler (``forget_partitions``) whenever the group rebalances, which can fall
 inside one of those awaits. The boundary it was sending must then still be
 sent to the partitions of the next assignment.
+
+A source partition the consumer has no highwater for (no fetch response yet)
+must not hold the clock forever: the timer asks the broker for its end offset.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +24,9 @@ from aiokafka import TopicPartition
 
 from service.scorecard import default_scorecard
 from service.settings import load_settings
+from streams import processor as processor_module
 from streams.app import Topology
-from streams.processor import Processor
+from streams.processor import Pending, Processor
 
 SETTINGS = load_settings(partitions=2)
 TICK = default_scorecard().rescore_interval_ms
@@ -32,13 +38,22 @@ class StandInConsumer:
 
     partitions: list[int]
     _committed_offset: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Topics no fetch response has given a highwater for.
+    unfetched: set[str] = field(default_factory=set)
+    #: End offsets the broker answers with (``highwaters``).
+    broker_ends: dict[str, int] = field(default_factory=dict)
+    asked: list[TopicPartition] = field(default_factory=list)
 
     def assignment(self) -> set[TopicPartition]:
         topics = [*SETTINGS.input_topics, SETTINGS.repartition_topic, SETTINGS.ticks_topic]
         return {TopicPartition(topic, p) for topic in topics for p in self.partitions}
 
-    def highwater(self, tp: TopicPartition) -> int:
-        return 0  # empty topics: caught up
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None if tp.topic in self.unfetched else 0  # empty topics: caught up
+
+    async def highwaters(self, *tps: TopicPartition) -> dict[TopicPartition, int]:
+        self.asked.extend(tps)
+        return {tp: self.broker_ends[tp.topic] for tp in tps if tp.topic in self.broker_ends}
 
 
 @dataclass
@@ -111,3 +126,36 @@ async def test_no_tick_while_rebalancing(rebalancing: bool) -> None:
     top.app.rebalancing = rebalancing
     await proc.maybe_tick()
     assert bool(top.ticks.sent) is not rebalancing
+
+
+def waiting_event(proc: Processor, partition: int) -> None:
+    """Put one buffered item (a tick at the epoch: due as soon as anything is) on ``partition``."""
+    source = (SETTINGS.input_topic("login"), partition)
+    proc.push(partition, 0, Pending(source, 0, None, 0))
+
+
+async def test_an_unfetched_empty_source_does_not_hold_the_clock() -> None:
+    proc, top = processor([0])
+    repartition = SETTINGS.repartition_topic
+    top.app.consumer.unfetched = {repartition}
+    top.app.consumer.broker_ends = {repartition: 0}
+    assert proc.safe_time(0) is None, "without an end offset the source might hold events"
+    await proc.maybe_tick()
+    assert top.app.consumer.asked == [TopicPartition(repartition, 0)]
+    assert proc.safe_time(0) == math.inf
+    assert top.ticks.sent == [(0, boundary())]
+
+
+async def test_a_partition_held_by_a_silent_source_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(processor_module, "STALL_REPORT_S", 0.0)
+    proc, top = processor([0])
+    repartition = SETTINGS.repartition_topic
+    top.app.consumer.unfetched = {repartition}  # and the broker does not answer for it
+    waiting_event(proc, 0)
+    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
+        await proc.maybe_tick()
+    assert top.ticks.sent == [(0, None)], "only a wake-up: the clock is held"
+    assert f"partition 0: 1 buffered events have waited 0 s for {repartition}:0" in caplog.text
+    assert "end offset None" in caplog.text
