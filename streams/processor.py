@@ -50,7 +50,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pydantic_core
@@ -79,7 +79,8 @@ LIVE_WINDOW_MS = 60_000
 #: Items applied between two returns to the event loop (about 50 ms of work).
 RELEASE_CHUNK = 2000
 
-#: Seconds buffered events may wait for a silent source before it is logged.
+#: Seconds buffered events may wait for a source before it is logged (and,
+#: if it has records it does not deliver, sought to fetch them again).
 STALL_REPORT_S = 30.0
 
 #: Outcome label of a record read again after a crash or rebalance and
@@ -114,6 +115,19 @@ class Pending:
     newest_read: int | None = None
     #: The consumer record (its bytes go to the DLQ if the model fails on it).
     record: Any = None
+
+
+class Holder(NamedTuple):
+    """A source holding a partition's buffered events (``Processor.holders``)."""
+
+    tp: Any
+    #: End offset (None: not known), last offset read (None: none).
+    end: int | None
+    done: int | None
+    #: Newest event time read from it (None: none).
+    newest: int | None
+    #: Seconds since anything was read from it.
+    quiet: float
 
 
 @dataclass(slots=True)
@@ -180,14 +194,9 @@ class Processor:
     #: source -> end offset asked of the broker, for sources no fetch response
     #: has given a highwater yet (see ``end_offset``).
     asked_ends: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: partition -> (since when its buffered events wait for a source that has
-    #: shown no event time, when that was last logged).
+    #: partition -> (since when its buffered events wait for a source, when
+    #: that was last logged); see ``watch_stalls``.
     stalled: dict[int, tuple[float, float]] = field(default_factory=dict)
-    #: partition -> (source, end offset, last offset read) that made the last
-    #: ``safe_time`` of the partition None.
-    blockers: dict[int, tuple[tuple[str, int], int | None, int | None]] = field(
-        default_factory=dict
-    )
 
     def __post_init__(self) -> None:
         # Hot-path copies of settings (a pydantic attribute or property per
@@ -451,7 +460,6 @@ class Processor:
                 continue
             newest = self.watermarks.get(source)
             if newest is None:
-                self.blockers[partition] = (source, highwater, done)
                 return None
             if drained and newest >= live_from:
                 newest = max(newest, now_ms - settings.live_skew_ms)
@@ -805,7 +813,6 @@ class Processor:
         self.newest_read.clear()
         self.asked_ends.clear()
         self.stalled.clear()
-        self.blockers.clear()
         self.index = None
         # The next owner of a partition must get a tick even for a boundary
         # this worker already announced.
@@ -814,31 +821,83 @@ class Processor:
 
     # ------------------------------------------------------------ timer
 
-    def report_stalls(self) -> None:
-        """Log partitions whose buffered events have waited ``STALL_REPORT_S``
-        or longer for a source that has shown no event time (every
-        ``STALL_REPORT_S`` while it lasts): what holds them, for the operator."""
+    def holders(self, partition: int) -> list[Holder]:
+        """The sources of ``partition`` that keep its oldest buffered item
+        from being due: not drained and quiet, and no event time read at or
+        past that item's."""
+        heap = self.buffers.get(partition)
+        if not heap:
+            return []
+        oldest = heap[0][0]
         now = time.monotonic()
-        for partition, heap in self.buffers.items():
-            if not heap or self.safe_time(partition) is not None:
+        found = []
+        for tp in self.top.app.consumer.assignment():
+            if tp.partition != partition or tp.topic not in self.sources:
+                continue
+            source = (tp.topic, tp.partition)
+            end = self.end_offset(tp)
+            done = self.done_offset(tp)
+            quiet = now - self.last_read.get(source, self.started)
+            drained = end is not None and (end == 0 or (done is not None and done + 1 >= end))
+            if drained and quiet >= self.settings.clock_idle_s:
+                continue
+            newest = self.watermarks.get(source)
+            if newest is None or newest < oldest:
+                found.append(Holder(tp, end, done, newest, quiet))
+        return found
+
+    async def watch_stalls(self) -> None:
+        """Log, and where possible mend, partitions whose buffered events have
+        waited ``STALL_REPORT_S`` or longer for a source.
+
+        A source that holds a partition while records it has not delivered
+        exist (end offset past the last offset read) and nothing has been read
+        from it for ``STALL_REPORT_S`` is sought to the next offset to read: the
+        consumer fetches it afresh. Records up to the last offset read are
+        never handled twice (see ``process_batch``).
+        """
+        now = time.monotonic()
+        consumer: Any = self.top.app.consumer
+        for partition in list(self.buffers):
+            holders = self.holders(partition)
+            if not holders:
                 self.stalled.pop(partition, None)
                 continue
             since, logged = self.stalled.get(partition, (now, 0.0))
-            if now - since >= STALL_REPORT_S and now - logged >= STALL_REPORT_S:
-                (topic, source_partition), end, done = self.blockers[partition]
-                log.warning(
-                    "partition %d: %d buffered events have waited %.0f s for %s:%d, "
-                    "from which nothing has been read (end offset %s, last offset read %s)",
-                    partition,
-                    len(heap),
-                    now - since,
-                    topic,
-                    source_partition,
-                    end,
-                    done,
-                )
-                logged = now
             self.stalled[partition] = (since, logged)
+            if now - since < STALL_REPORT_S or now - logged < STALL_REPORT_S:
+                continue
+            self.stalled[partition] = (since, now)
+            for holder in holders:
+                tp = holder.tp
+                unread = holder.end is not None and (
+                    holder.done is None or holder.done + 1 < holder.end
+                )
+                mend = unread and holder.quiet >= STALL_REPORT_S
+                log.warning(
+                    "partition %d: %d buffered events have waited %.0f s for %s:%d "
+                    "(end offset %s, last offset read %s, newest event time %s, "
+                    "nothing read for %.0f s)%s",
+                    partition,
+                    len(self.buffers[partition]),
+                    now - since,
+                    tp.topic,
+                    tp.partition,
+                    holder.end,
+                    holder.done,
+                    holder.newest,
+                    holder.quiet,
+                    "; seeking it to fetch again" if mend else "",
+                )
+                if mend:
+                    if holder.done is not None:
+                        offset = holder.done + 1
+                    else:
+                        offset = int(consumer._committed_offset.get(tp) or 0)
+                    try:
+                        await consumer.seek(tp, offset)
+                    except Exception as exc:
+                        log.warning("seeking %s:%d failed: %r", tp.topic, tp.partition, exc)
 
     async def maybe_tick(self) -> None:
         """Send a tick to each owned partition once the clock passes a new boundary."""
@@ -848,7 +907,7 @@ class Processor:
         if consumer is None or app.rebalancing:
             return
         await self.ask_end_offsets()
-        self.report_stalls()
+        await self.watch_stalls()
         assignment = consumer.assignment()
         # The assignment also holds the changelog partitions faust reads for
         # recovery: only the topics this worker processes count for the clock.

@@ -43,13 +43,21 @@ class StandInConsumer:
     #: End offsets the broker answers with (``highwaters``).
     broker_ends: dict[str, int] = field(default_factory=dict)
     asked: list[TopicPartition] = field(default_factory=list)
+    #: End offsets of topics with records (the rest are empty).
+    ends: dict[str, int] = field(default_factory=dict)
+    sought: list[tuple[TopicPartition, int]] = field(default_factory=list)
 
     def assignment(self) -> set[TopicPartition]:
         topics = [*SETTINGS.input_topics, SETTINGS.repartition_topic, SETTINGS.ticks_topic]
         return {TopicPartition(topic, p) for topic in topics for p in self.partitions}
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        return None if tp.topic in self.unfetched else 0  # empty topics: caught up
+        if tp.topic in self.unfetched:
+            return None
+        return self.ends.get(tp.topic, 0)  # empty topics: caught up
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought.append((tp, offset))
 
     async def highwaters(self, *tps: TopicPartition) -> dict[TopicPartition, int]:
         self.asked.extend(tps)
@@ -159,3 +167,45 @@ async def test_a_partition_held_by_a_silent_source_is_logged(
     assert top.ticks.sent == [(0, None)], "only a wake-up: the clock is held"
     assert f"partition 0: 1 buffered events have waited 0 s for {repartition}:0" in caplog.text
     assert "end offset None" in caplog.text
+
+
+def stalled_for_long(proc: Processor, partition: int) -> None:
+    """As if ``partition``'s buffered events had waited well past ``STALL_REPORT_S``."""
+    long_ago = time.monotonic() - 2 * processor_module.STALL_REPORT_S
+    proc.stalled[partition] = (long_ago, 0.0)
+
+
+def login_read_up_to_3_of_10(proc: Processor, top: StandInTopology) -> TopicPartition:
+    """login:0 has offsets 0-9; 0-3 were read (newest event time 5); an item
+    of event time 7 waits in partition 0's buffer."""
+    login = SETTINGS.input_topic("login")
+    top.app.consumer.ends = {login: 10}
+    proc.positions[(login, 0)] = 3
+    proc.watermarks[(login, 0)] = 5
+    proc.push(0, 7, Pending((SETTINGS.input_topic("outcome"), 0), 0, None, 7))
+    return TopicPartition(login, 0)
+
+
+async def test_a_source_that_stops_delivering_its_records_is_fetched_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proc, top = processor([0])
+    login = login_read_up_to_3_of_10(proc, top)
+    proc.last_read[(login.topic, 0)] = time.monotonic() - 2 * processor_module.STALL_REPORT_S
+    stalled_for_long(proc, 0)
+    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
+        await proc.maybe_tick()
+    assert top.app.consumer.sought == [(login, 4)]
+    assert f"for {login.topic}:0 (end offset 10, last offset read 3" in caplog.text
+    assert "seeking it to fetch again" in caplog.text
+
+
+async def test_a_source_still_delivering_is_not_sought(caplog: pytest.LogCaptureFixture) -> None:
+    proc, top = processor([0])
+    login = login_read_up_to_3_of_10(proc, top)
+    proc.last_read[(login.topic, 0)] = time.monotonic()  # records keep coming: a lagging source
+    stalled_for_long(proc, 0)
+    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
+        await proc.maybe_tick()
+    assert top.app.consumer.sought == []
+    assert f"for {login.topic}:0 (end offset 10" in caplog.text, "still logged"
