@@ -194,9 +194,10 @@ class Processor:
     #: source -> end offset asked of the broker, for sources no fetch response
     #: has given a highwater yet (see ``end_offset``).
     asked_ends: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: partition -> (since when its buffered events wait for a source, when
-    #: that was last logged); see ``watch_stalls``.
-    stalled: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: partition -> (arrival number of its oldest buffered item, since when
+    #: that item has been the oldest, when the stall was last logged); see
+    #: ``watch_stalls``.
+    stalled: dict[int, tuple[int, float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Hot-path copies of settings (a pydantic attribute or property per
@@ -847,8 +848,9 @@ class Processor:
         return found
 
     async def watch_stalls(self) -> None:
-        """Log, and where possible mend, partitions whose buffered events have
-        waited ``STALL_REPORT_S`` or longer for a source.
+        """Log, and where possible mend, partitions whose oldest buffered item
+        has waited ``STALL_REPORT_S`` or longer for a source (nothing of the
+        partition applied meanwhile: a slow but moving backfill is not a stall).
 
         A source that holds a partition while records it has not delivered
         exist (end offset past the last offset read) and nothing has been read
@@ -863,11 +865,14 @@ class Processor:
             if not holders:
                 self.stalled.pop(partition, None)
                 continue
-            since, logged = self.stalled.get(partition, (now, 0.0))
-            self.stalled[partition] = (since, logged)
+            oldest = self.buffers[partition][0][1]
+            seen, since, logged = self.stalled.get(partition, (oldest, now, 0.0))
+            if seen != oldest:  # the oldest item moved on: progress
+                since, logged = now, 0.0
+            self.stalled[partition] = (oldest, since, logged)
             if now - since < STALL_REPORT_S or now - logged < STALL_REPORT_S:
                 continue
-            self.stalled[partition] = (since, now)
+            self.stalled[partition] = (oldest, since, now)
             for holder in holders:
                 tp = holder.tp
                 unread = holder.end is not None and (
@@ -875,7 +880,7 @@ class Processor:
                 )
                 mend = unread and holder.quiet >= STALL_REPORT_S
                 log.warning(
-                    "partition %d: %d buffered events have waited %.0f s for %s:%d "
+                    "partition %d: %d buffered events, none applied for %.0f s, wait for %s:%d "
                     "(end offset %s, last offset read %s, newest event time %s, "
                     "nothing read for %.0f s)%s",
                     partition,

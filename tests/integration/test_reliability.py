@@ -421,7 +421,7 @@ async def test_surviving_worker_takes_over_a_killed_workers_partitions(
         ticks = [
             line
             for line in survivor.log_tail(5_000).splitlines()
-            if "] tick " in line or "have waited" in line or "dropped" in line
+            if "] tick " in line or "none applied" in line or "dropped" in line
         ]
         raise AssertionError(
             f"{exc}; survivor log {survivor.log_path}; its last ticks and stalls:\n"

@@ -165,14 +165,17 @@ async def test_a_partition_held_by_a_silent_source_is_logged(
     with caplog.at_level(logging.WARNING, logger="vitals.processor"):
         await proc.maybe_tick()
     assert top.ticks.sent == [(0, None)], "only a wake-up: the clock is held"
-    assert f"partition 0: 1 buffered events have waited 0 s for {repartition}:0" in caplog.text
+    assert f"partition 0: 1 buffered events, none applied for 0 s, wait for {repartition}:0" in (
+        caplog.text
+    )
     assert "end offset None" in caplog.text
 
 
 def stalled_for_long(proc: Processor, partition: int) -> None:
     """As if ``partition``'s buffered events had waited well past ``STALL_REPORT_S``."""
     long_ago = time.monotonic() - 2 * processor_module.STALL_REPORT_S
-    proc.stalled[partition] = (long_ago, 0.0)
+    oldest = proc.buffers[partition][0][1]
+    proc.stalled[partition] = (oldest, long_ago, 0.0)
 
 
 def login_read_up_to_3_of_10(proc: Processor, top: StandInTopology) -> TopicPartition:
@@ -209,3 +212,19 @@ async def test_a_source_still_delivering_is_not_sought(caplog: pytest.LogCapture
         await proc.maybe_tick()
     assert top.app.consumer.sought == []
     assert f"for {login.topic}:0 (end offset 10" in caplog.text, "still logged"
+
+
+async def test_a_partition_still_applying_events_is_not_a_stall(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proc, top = processor([0])
+    login = login_read_up_to_3_of_10(proc, top)
+    proc.last_read[(login.topic, 0)] = time.monotonic() - 2 * processor_module.STALL_REPORT_S
+    stalled_for_long(proc, 0)
+    # Since then the item that was oldest has been applied: a newer one leads.
+    oldest, since, logged = proc.stalled[0]
+    proc.stalled[0] = (oldest - 1, since, logged)
+    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
+        await proc.maybe_tick()
+    assert top.app.consumer.sought == []
+    assert "none applied" not in caplog.text
