@@ -189,18 +189,32 @@ def login_read_up_to_3_of_10(proc: Processor, top: StandInTopology) -> TopicPart
     return TopicPartition(login, 0)
 
 
+def silent_for_long(proc: Processor, tp: TopicPartition) -> None:
+    """As if nothing had been read from ``tp`` for well over ``STALL_REPORT_S``."""
+    proc.last_read[(tp.topic, tp.partition)] = (
+        time.monotonic() - 2 * processor_module.STALL_REPORT_S
+    )
+
+
+async def logged_tick(proc: Processor, caplog: pytest.LogCaptureFixture) -> str:
+    """Run the timer once; what the processor logged at WARNING."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
+        await proc.maybe_tick()
+    return caplog.text
+
+
 async def test_a_source_that_stops_delivering_its_records_is_fetched_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     proc, top = processor([0])
     login = login_read_up_to_3_of_10(proc, top)
-    proc.last_read[(login.topic, 0)] = time.monotonic() - 2 * processor_module.STALL_REPORT_S
+    silent_for_long(proc, login)
     stalled_for_long(proc, 0)
-    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
-        await proc.maybe_tick()
+    logged = await logged_tick(proc, caplog)
     assert top.app.consumer.sought == [(login, 4)]
-    assert f"for {login.topic}:0 (end offset 10, last offset read 3" in caplog.text
-    assert "seeking it to fetch again" in caplog.text
+    assert f"for {login.topic}:0 (end offset 10, last offset read 3" in logged
+    assert "seeking it to fetch again" in logged
 
 
 async def test_a_source_still_delivering_is_not_sought(caplog: pytest.LogCaptureFixture) -> None:
@@ -208,10 +222,9 @@ async def test_a_source_still_delivering_is_not_sought(caplog: pytest.LogCapture
     login = login_read_up_to_3_of_10(proc, top)
     proc.last_read[(login.topic, 0)] = time.monotonic()  # records keep coming: a lagging source
     stalled_for_long(proc, 0)
-    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
-        await proc.maybe_tick()
+    logged = await logged_tick(proc, caplog)
     assert top.app.consumer.sought == []
-    assert f"for {login.topic}:0 (end offset 10" in caplog.text, "still logged"
+    assert f"for {login.topic}:0 (end offset 10" in logged, "still logged"
 
 
 async def test_a_partition_still_applying_events_is_not_a_stall(
@@ -219,12 +232,10 @@ async def test_a_partition_still_applying_events_is_not_a_stall(
 ) -> None:
     proc, top = processor([0])
     login = login_read_up_to_3_of_10(proc, top)
-    proc.last_read[(login.topic, 0)] = time.monotonic() - 2 * processor_module.STALL_REPORT_S
+    silent_for_long(proc, login)
     stalled_for_long(proc, 0)
     # Since then the item that was oldest has been applied: a newer one leads.
-    oldest, since, logged = proc.stalled[0]
-    proc.stalled[0] = (oldest - 1, since, logged)
-    with caplog.at_level(logging.WARNING, logger="vitals.processor"):
-        await proc.maybe_tick()
+    oldest, since, last_logged = proc.stalled[0]
+    proc.stalled[0] = (oldest - 1, since, last_logged)
+    assert "none applied" not in await logged_tick(proc, caplog)
     assert top.app.consumer.sought == []
-    assert "none applied" not in caplog.text
