@@ -7,7 +7,7 @@
 #   docker run --rm -p 6066:6066 -e VITALS_BOOTSTRAP_SERVERS=broker:9092 vitals:local
 #   docker run --rm vitals:local scorecard check /path/to/scorecard.yaml
 #
-# Configuration is the VITALS_* environment of service/settings.py (see
+# Configuration is the VITALS_* environment of service/runtime/settings.py (see
 # docs/operations.md). The process runs as the unprivileged user `vitals`
 # (uid 10001) with /var/lib/vitals as its working and data directory.
 

@@ -1,5 +1,5 @@
 """``python -m service``: the vitals command line."""
 
-from service.cli import run
+from service.cli.main import run
 
 run()

@@ -23,8 +23,8 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from service.account_state import AccountState
-from service.settings import Settings
+from service.model.account_state import AccountState
+from service.runtime.settings import Settings
 from streams.batch_consumer import BatchTransport
 
 log = logging.getLogger("vitals.streams")

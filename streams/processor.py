@@ -1,7 +1,7 @@
 """The worker's processing loop: input events, forwarded events and timer ticks, in partition order.
 
 Thin by design: decoding is ``schemas.decode``, state changes and scoring are
-``service.account_state`` / ``service.scoring``; this module moves bytes,
+``service.model.account_state`` / ``service.model.scoring``; this module moves bytes,
 keeps the per-partition event-time watermark, batches outputs and counts
 outcomes.
 
@@ -58,16 +58,16 @@ import pydantic_core
 from schemas.decode import Rejected, decode_event
 from schemas.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from schemas.events import Event
-from service import metrics
-from service.account_state import AccountState
-from service.clock import PartitionProgress, timer_as_of
-from service.dead_letter import PROCESSING_ERROR, dead_letter_headers
-from service.partitioning import account_partition
-from service.playbooks import PlaybookSet, playbooks_for_step
-from service.portfolio import AccountSummary
-from service.scorecard import Scorecard
-from service.scoring import Evaluation, Step, on_event, on_timer
-from service.webhook import WebhookDispatcher
+from service.api.portfolio import AccountSummary
+from service.model.account_state import AccountState
+from service.model.playbooks import PlaybookSet, playbooks_for_step
+from service.model.scorecard import Scorecard
+from service.model.scoring import Evaluation, Step, on_event, on_timer
+from service.processing.clock import PartitionProgress, timer_as_of
+from service.processing.partitioning import account_partition
+from service.runtime import metrics
+from service.runtime.dead_letter import PROCESSING_ERROR, dead_letter_headers
+from service.runtime.webhook import WebhookDispatcher
 from streams.app import Topology
 from streams.batch_consumer import BatchConsumer, BatchTransport
 
@@ -568,7 +568,10 @@ class Processor:
         """Playbook triggers of this step (memory kept in the account state)."""
         if self.playbooks is None:
             return []
-        return playbooks_for_step(self.playbooks, self.scorecard, state, step)
+        decision = playbooks_for_step(self.playbooks, self.scorecard, state, step)
+        for held in decision.suppressed:
+            metrics.PLAYBOOK_SUPPRESSED.labels(held.playbook).inc()
+        return decision.triggers
 
     def on_tick(self, partition: int, as_of: int, now_ms: int) -> None:
         """Evaluate every account of ``partition`` at the tick's boundary."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import faust
 
-from service.playbooks import PlaybookSet, default_playbooks, load_playbooks
-from service.scorecard import Scorecard, default_scorecard, load_scorecard
-from service.settings import Settings
-from service.webhook import dispatcher_from_settings
+from service.model.playbooks import PlaybookSet, default_playbooks, load_playbooks
+from service.model.scorecard import Scorecard, default_scorecard, load_scorecard
+from service.runtime.settings import Settings
+from service.runtime.webhook import dispatcher_from_settings
 from streams.app import Topology, build_topology
 from streams.processor import Processor, install_processor
 from streams.web import install_web

@@ -3,8 +3,8 @@
 Any worker answers for any account: ``/accounts/{id}/health`` is routed to the
 worker owning the account's partition (faust ``table_route``); ``/portfolio``
 gathers every worker's part. Handlers are thin: validation lives in
-``service.intake``, aggregation in ``service.portfolio``, history queries in
-``service.history_db``.
+``service.api.intake``, aggregation in ``service.api.portfolio``, history queries in
+``service.history.db``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from schemas.events import parse_timestamp
-from service import metrics
-from service.account_state import AccountState
-from service.api_spec import openapi_document
-from service.intake import BodyError, parse_events_body, pulse_body_to_event, validate_batch
-from service.portfolio import AccountSummary, merge, summarise
-from service.scoring import score_at
+from service.api.intake import BodyError, parse_events_body, pulse_body_to_event, validate_batch
+from service.api.openapi import openapi_document
+from service.api.portfolio import AccountSummary, merge, summarise
+from service.model.account_state import AccountState
+from service.model.scoring import score_at
+from service.runtime import metrics
 from streams.app import Topology
 from streams.processor import Processor
 
@@ -178,7 +178,7 @@ def install_web(top: Topology, processor: Processor) -> None:
     @guard(write=False)
     async def account_history(web: View, request: Request, account_id: str) -> Response:
         """Stored scores, bucket changes and triggers of one account (from SQL)."""
-        from service import history_db
+        from service.history import db as history_db
 
         try:
             since = _time_param(request, "since")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.kafka_local import LocalKafka, free_port
+from service.tools.kafka_local import LocalKafka, free_port
 from tests.pg_fixture import history_db_url, pg_server  # noqa: F401  (shared fixtures)
 
 
@@ -17,7 +17,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Kafka broker for the whole session.
 
     ``KAFKA_BOOTSTRAP_SERVERS`` points at an existing broker; otherwise a local
-    one (service/kafka_local.py) starts on free ports in a temporary directory
+    one (service/tools/kafka_local.py) starts on free ports in a temporary directory
     and is stopped at the end, by atexit if the session is interrupted, and by
     the kernel (parent-death signal) if pytest itself is killed.
     """

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from service.kafka_local import free_port
+from service.tools.kafka_local import free_port
 
 __all__ = ["PgServer", "find_pg_bin", "history_db_url", "pg_server"]
 

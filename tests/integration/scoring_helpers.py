@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import parse_timestamp
-from service.replay import ReplayResult
-from service.scorecard import default_scorecard
-from service.simulate import SimEvent, generate_history
+from service.model.scorecard import default_scorecard
+from service.processing.replay import ReplayResult
+from service.tools.simulate import SimEvent, generate_history
 from tests.integration.workers import Namespace
 
 __all__ = [

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import load_example
-from service.partitioning import account_partition
+from service.processing.partitioning import account_partition
 from tests.integration.workers import Namespace, WorkerProcess
 
 pytestmark = pytest.mark.integration

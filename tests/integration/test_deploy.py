@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.metrics import MetricWrapperBase
 
 from schemas import load_example
-from service import metrics
-from service.kafka_local import DEFAULT_KAFKA_VERSION
+from service.runtime import metrics
+from service.tools.kafka_local import DEFAULT_KAFKA_VERSION
 from tests.integration.workers import Namespace, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ def load_yaml(path: Path) -> Any:
 def exported_metrics() -> dict[str, frozenset[str]]:
     """Every sample name vitals exports -> the label names it may carry.
 
-    Built from the families of ``service.metrics.REGISTRY``: a counter is
+    Built from the families of ``service.runtime.metrics.REGISTRY``: a counter is
     exposed as ``<name>_total``, a histogram as ``<name>_bucket`` (with ``le``),
     ``_sum`` and ``_count``, a gauge under its own name.
     """
@@ -142,7 +142,7 @@ def check_promql(expr: str, exported: dict[str, frozenset[str]]) -> list[str]:
     allowed = set(TARGET_LABELS)
     for name, selector in _METRIC.findall(expr):
         if name not in exported:
-            problems.append(f"{name} is not exported by service/metrics.py")
+            problems.append(f"{name} is not exported by service/runtime/metrics.py")
             continue
         allowed |= exported[name]
         for label in _MATCHER_LABEL.findall(selector or ""):

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from service.replay import replay
-from service.scorecard import default_scorecard
-from service.settings import INPUT_TOPIC_KINDS
-from service.simulate import SimEvent
+from service.model.scorecard import default_scorecard
+from service.processing.replay import replay
+from service.runtime.settings import INPUT_TOPIC_KINDS
+from service.tools.simulate import SimEvent
 from tests.integration.scoring_helpers import (
     Latest,
     comparable,

@@ -22,11 +22,11 @@ from sqlalchemy import func, select
 
 from schemas import load_example
 from schemas.outputs import format_utc
-from service.history_db import create_engine, migrate
-from service.history_models import BucketChangeRow, CsmPulseRow, PlaybookTriggerRow, ScoreHistoryRow
-from service.history_sink import DAY_MS, SinkStats, history_group_id, run_history_sink
-from service.settings import Settings
-from service.topics import ensure_topics_async
+from service.history.db import create_engine, migrate
+from service.history.models import BucketChangeRow, CsmPulseRow, PlaybookTriggerRow, ScoreHistoryRow
+from service.history.sink import DAY_MS, SinkStats, history_group_id, run_history_sink
+from service.runtime.settings import Settings
+from service.runtime.topics import ensure_topics_async
 from tests.integration.workers import Namespace
 
 pytestmark = pytest.mark.integration
@@ -226,7 +226,7 @@ async def test_cli_history_sink_stops_cleanly_on_sigterm(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "from service.cli_history import history_sink; "
+            "from service.cli.history_sink import history_sink; "
             "history_sink(prog_name='vitals history-sink')",
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -272,7 +272,7 @@ async def test_a_database_error_is_retried_without_losing_messages(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from service import history_sink
+    from service.history import sink as history_sink
 
     settings = Settings(
         bootstrap_servers=kafka_bootstrap,

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas import load_example
-from service.partitioning import account_partition
+from service.processing.partitioning import account_partition
 from tests.integration.workers import Namespace
 
 pytestmark = pytest.mark.integration

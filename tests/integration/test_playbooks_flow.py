@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from schemas.events import parse_timestamp
-from service.history_db import create_engine, migrate
-from service.history_models import PlaybookTriggerRow
-from service.history_sink import run_history_sink
-from service.playbooks import default_playbooks, parse_duration
-from service.settings import Settings
-from service.simulate import generate_history
+from service.history.db import create_engine, migrate
+from service.history.models import PlaybookTriggerRow
+from service.history.sink import run_history_sink
+from service.model.playbooks import default_playbooks, parse_duration
+from service.runtime.settings import Settings
+from service.tools.simulate import generate_history
 from tests.integration.workers import Namespace, free_port
 
 pytestmark = pytest.mark.integration

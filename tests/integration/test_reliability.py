@@ -30,12 +30,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from service.account_state import DEDUP_IDS, HORIZON_DAYS
-from service.kafka_local import LocalKafka, free_port
-from service.partitioning import account_partition
-from service.replay import ReplayResult, replay
-from service.scorecard import default_scorecard
-from service.simulate import SimEvent
+from service.model.account_state import DEDUP_IDS, HORIZON_DAYS
+from service.model.scorecard import default_scorecard
+from service.processing.partitioning import account_partition
+from service.processing.replay import ReplayResult, replay
+from service.tools.kafka_local import LocalKafka, free_port
+from service.tools.simulate import SimEvent
 from tests.integration.scoring_helpers import (
     TICK,
     Latest,

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import CliRunner
 
-from service.settings import INPUT_TOPIC_KINDS, Settings, load_settings
-from service.simulate import ProduceError, generate_history, produce
+from service.runtime.settings import INPUT_TOPIC_KINDS, Settings, load_settings
+from service.tools.simulate import ProduceError, generate_history, produce
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ async def test_missing_topics_fail_unless_created(kafka_bootstrap: str) -> None:
 
 
 def test_cli_history_to_kafka(kafka_bootstrap: str) -> None:
-    from service.cli_simulate import simulate
+    from service.cli.simulate import simulate
 
     settings = unique_settings(kafka_bootstrap)
     args = [

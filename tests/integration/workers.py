@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 # free_port and http_get are re-exported: the integration tests import them from here.
-from service.child_process import free_port as free_port
-from service.child_process import http_get as http_get
-from service.child_process import spawn, stop_group, vitals_command, worker_env
+from service.tools.child_process import free_port as free_port
+from service.tools.child_process import http_get as http_get
+from service.tools.child_process import spawn, stop_group, vitals_command, worker_env
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench import (
+from service.tools.bench import (
     SCHEMA,
     TARGETS,
     BenchParams,

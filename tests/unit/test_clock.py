@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.clock import PartitionProgress, floor_to_tick, tick_boundaries, timer_as_of
+from service.processing.clock import PartitionProgress, floor_to_tick, tick_boundaries, timer_as_of
 
 H = 3_600_000
 

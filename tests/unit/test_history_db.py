@@ -23,9 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.outputs import BucketChange, HealthScore, PlaybookTrigger, format_utc
-from service import history_db
-from service.cli_db import db
-from service.history_db import (
+from service.cli.db import db
+from service.history import db as history_db
+from service.history.db import (
     HistoryDbError,
     bucket_changes_for,
     create_engine,
@@ -38,21 +38,21 @@ from service.history_db import (
     score_history,
     triggers_for,
 )
-from service.history_models import (
+from service.history.models import (
     Base,
     BucketChangeRow,
     CsmPulseRow,
     PlaybookTriggerRow,
     ScoreHistoryRow,
 )
-from service.history_sink import (
+from service.history.sink import (
     DAY_MS,
     HistoryWriter,
     ScorePoint,
     run_history_sink,
     should_store,
 )
-from service.settings import Settings
+from service.runtime.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 SETTINGS = Settings(topic_prefix="vitals.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.kafka_local import (
+from service.tools.kafka_local import (
     LocalKafka,
     new_cluster_id,
     render_properties,

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from service.log_limit import RepeatFilter, limit_repeats
+from service.runtime.log_limit import RepeatFilter, limit_repeats
 
 
 def _record(msg: str, name: str = "aiokafka.conn") -> logging.LogRecord:

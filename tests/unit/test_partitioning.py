@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from service.partitioning import account_partition
+from service.processing.partitioning import account_partition
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 4, 8, 12])

@@ -18,10 +18,9 @@ from jsonschema import Draft202012Validator
 from schemas import load_schema
 from schemas.events import event_adapter, parse_timestamp
 from schemas.outputs import BucketChange, Driver, HealthScore, PlaybookTrigger, format_utc
-from service.account_state import AccountState
-from service.cli_playbooks import playbooks as playbooks_cli
-from service.metrics import REGISTRY
-from service.playbooks import (
+from service.cli.playbooks import playbooks as playbooks_cli
+from service.model.account_state import AccountState
+from service.model.playbooks import (
     Decision,
     PlaybookError,
     PlaybookMemory,
@@ -29,16 +28,18 @@ from service.playbooks import (
     decide,
     default_playbooks,
     describe_condition,
-    evaluate,
     load_playbooks,
     metric_values_for,
     parse_duration,
     parse_playbooks,
     trigger_id,
 )
-from service.scorecard import default_scorecard, parse_scorecard
-from service.scoring import evaluate as evaluate_score
-from service.scoring import health_score
+from service.model.scorecard import default_scorecard, parse_scorecard
+from service.model.scoring import Step, health_score
+from service.model.scoring import evaluate as evaluate_score
+from service.runtime.metrics import REGISTRY
+
+SCORECARDS = Path(__file__).resolve().parents[2] / "service" / "model" / "scorecards"
 
 DAY = 86_400_000
 #: 2024-03-04T00:00:00Z.
@@ -499,8 +500,14 @@ def test_cooldowns_are_per_playbook() -> None:
     assert (fired(slipped), fired(fell)) == (["check-in"], ["escalation"])
 
 
-def test_evaluate_counts_suppressed_triggers() -> None:
-    playbooks = one("counted", "7d", "{kind: bucket_transition, from: any, to: red}")
+def test_the_worker_counts_suppressed_triggers() -> None:
+    # The model only reports what a cooldown held back; the worker counts it.
+    from tests.unit.test_processor_timer import processor
+
+    proc, _ = processor([0])
+    proc.playbooks = one("counted", "7d", "{kind: bucket_transition, from: any, to: red}")
+    state = AccountState.new(ACCOUNT)
+    card = default_scorecard()
 
     def suppressed() -> float:
         value = REGISTRY.get_sample_value(
@@ -508,14 +515,12 @@ def test_evaluate_counts_suppressed_triggers() -> None:
         )
         return value or 0.0
 
-    memory = PlaybookMemory()
     before = suppressed()
-    kwargs: dict[str, Any] = {"account_id": ACCOUNT, "metric_values": {}, "memory": memory}
-    first = evaluate(
-        playbooks, score=score(), change=change("green", "red", at(0)), as_of_ms=at(0), **kwargs
+    first = proc.decide_playbooks(
+        state, Step(None, evaluate_score(state, at(0), card), [change("green", "red", at(0))])
     )
-    second = evaluate(
-        playbooks, score=score(), change=change("yellow", "red", at(1)), as_of_ms=at(1), **kwargs
+    second = proc.decide_playbooks(
+        state, Step(None, evaluate_score(state, at(1), card), [change("yellow", "red", at(1))])
     )
     assert [len(first), len(second)] == [1, 0]
     assert suppressed() == before + 1
@@ -669,7 +674,7 @@ def test_metric_values_for_uses_the_scorecard_in_use() -> None:
 
 
 def test_cli_check_prints_a_summary_line() -> None:
-    result = CliRunner().invoke(playbooks_cli, ["check", "service/scorecards/playbooks.yaml"])
+    result = CliRunner().invoke(playbooks_cli, ["check", "service/model/scorecards/playbooks.yaml"])
     assert result.exit_code == 0, result.output
     (line,) = result.stdout.splitlines()
     summary = orjson.loads(line)
@@ -717,7 +722,7 @@ def _block(after: str, lang: str) -> str:
 
 
 def test_docs_show_the_shipped_defaults() -> None:
-    shipped = Path(__file__).resolve().parents[2] / "service" / "scorecards" / "playbooks.yaml"
+    shipped = SCORECARDS / "playbooks.yaml"
     assert _block("## The defaults", "yaml") == shipped.read_text(encoding="utf-8")
 
 

@@ -22,8 +22,8 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from service.scorecard import default_scorecard
-from service.settings import load_settings
+from service.model.scorecard import default_scorecard
+from service.runtime.settings import load_settings
 from streams import processor as processor_module
 from streams.app import Topology
 from streams.processor import Pending, Processor

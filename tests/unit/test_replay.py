@@ -14,12 +14,14 @@ from click.testing import CliRunner, Result
 
 from schemas.events import Event, event_to_json
 from schemas.outputs import BucketChange, HealthScore
-from service.account_state import AccountState
-from service.cli_replay import replay as replay_cli
-from service.replay import InvalidLine, decode_lines, replay
-from service.scorecard import Scorecard, default_scorecard, parse_scorecard
-from service.scoring import on_event, on_timer
+from service.cli.replay import replay as replay_cli
+from service.model.account_state import AccountState
+from service.model.scorecard import Scorecard, default_scorecard, parse_scorecard
+from service.model.scoring import on_event, on_timer
+from service.processing.replay import InvalidLine, decode_lines, replay
 from tests.unit.test_scoring import SEATS_CARD, T0, at, event
+
+SCORECARDS = Path(__file__).resolve().parents[2] / "service" / "model" / "scorecards"
 
 
 def _line(e: Event) -> bytes:
@@ -359,7 +361,9 @@ GOLDEN_HOURLY = "a2c7d7a4ea8b453758c906e0e3caee8eab170165d0e24ba24b012aaf4b0ce79
 
 
 def _hourly(card: Scorecard) -> Scorecard:
-    text = (Path(__file__).parents[2] / "service" / "scorecards" / "default.yaml").read_text()
+    text = (
+        Path(__file__).parents[2] / "service" / "model" / "scorecards" / "default.yaml"
+    ).read_text()
     return parse_scorecard(
         text.replace("rescore_interval_minutes: 1440", "rescore_interval_minutes: 60"), "hourly"
     )

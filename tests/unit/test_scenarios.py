@@ -10,11 +10,11 @@ import pytest
 
 from schemas.events import Event, event_to_json
 from schemas.outputs import BucketChange, HealthScore
-from service.account_state import AccountState
-from service.replay import replay
-from service.scorecard import Scorecard, default_scorecard
-from service.scoring import Step, evaluate, on_event, on_timer, score_at
-from service.windows import DAY_MS
+from service.model.account_state import AccountState
+from service.model.scorecard import Scorecard, default_scorecard
+from service.model.scoring import Step, evaluate, on_event, on_timer, score_at
+from service.model.windows import DAY_MS
+from service.processing.replay import replay
 from tests.unit.test_scoring import NOW, at, event
 
 USAGE_METRICS = {

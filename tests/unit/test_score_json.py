@@ -10,10 +10,10 @@ import pytest
 from pydantic_core import to_json
 
 from schemas.decode import decode_event
-from service.account_state import AccountState
-from service.scorecard import default_scorecard
-from service.scoring import Step, health_score, on_event, score_json
-from service.simulate import generate_history
+from service.model.account_state import AccountState
+from service.model.scorecard import default_scorecard
+from service.model.scoring import Step, health_score, on_event, score_json
+from service.tools.simulate import generate_history
 
 END = 1_795_000_000_000
 NOW = 1_795_000_123_456

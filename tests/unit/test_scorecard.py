@@ -13,9 +13,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from service.cli_scorecard import scorecard as scorecard_cli
-from service.metrics_catalog import CATALOG
-from service.scorecard import (
+from service.cli.scorecard import scorecard as scorecard_cli
+from service.model.metrics_catalog import CATALOG
+from service.model.scorecard import (
     Normalisation,
     ScorecardError,
     default_scorecard,
@@ -23,7 +23,7 @@ from service.scorecard import (
     parse_scorecard,
 )
 
-DEFAULT_TEXT = (importlib.resources.files("service.scorecards") / "default.yaml").read_text()
+DEFAULT_TEXT = (importlib.resources.files("service.model.scorecards") / "default.yaml").read_text()
 
 # ------------------------------------------------------------ the default
 

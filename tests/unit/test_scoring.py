@@ -24,22 +24,22 @@ from pydantic import ValidationError
 
 from schemas.events import Event, event_adapter
 from schemas.outputs import HealthScore, format_utc
-from service.account_state import (
+from service.model.account_state import (
     DEDUP_IDS,
     HORIZON_MS,
     RETAIN_DAYS,
     AccountState,
     ApplyResult,
 )
-from service.metrics_catalog import CATALOG, build_extractor, build_stability
-from service.scorecard import (
+from service.model.metrics_catalog import CATALOG, build_extractor, build_stability
+from service.model.scorecard import (
     Buckets,
     Scorecard,
     compile_condition,
     default_scorecard,
     parse_scorecard,
 )
-from service.scoring import (
+from service.model.scoring import (
     Evaluation,
     _plan,
     _utc,
@@ -56,7 +56,7 @@ from service.scoring import (
     rescore,
     score_at,
 )
-from service.windows import DAY_MS
+from service.model.windows import DAY_MS
 
 #: 2024-03-04T00:00:00Z, a Monday.
 T0 = 1_709_510_400_000
@@ -272,7 +272,7 @@ def random_events(draw: st.DrawFn) -> list[Event]:
 @settings(max_examples=60, deadline=None)
 @given(events=random_events(), offset=st.integers(0, 120))
 def test_round_trip_and_compaction_never_change_a_score(events: list[Event], offset: int) -> None:
-    from service.scorecard import default_scorecard
+    from service.model.scorecard import default_scorecard
 
     scorecard = default_scorecard()
     state = state_of(events)
@@ -1264,7 +1264,7 @@ def test_score_at_does_not_touch_the_state() -> None:
 def test_cached_ticks_equal_recomputation_from_a_restored_state() -> None:
     # Ticks within a day reuse the last evaluation; a state restored from
     # bytes (no cache) must give identical messages.
-    from service.scorecard import default_scorecard
+    from service.model.scorecard import default_scorecard
 
     scorecard = default_scorecard()
     events = _varied_events()
@@ -1280,7 +1280,7 @@ def test_cached_ticks_equal_recomputation_from_a_restored_state() -> None:
 
 
 def test_health_score_message_shape() -> None:
-    from service.scorecard import default_scorecard
+    from service.model.scorecard import default_scorecard
 
     state = state_of(_varied_events())
     score, _ = rescore(state, at(6), default_scorecard(), now_ms=NOW)
@@ -1297,7 +1297,7 @@ def test_health_score_message_shape() -> None:
 
 # ================================================================ the fast paths
 #
-# evaluate() reuses metric values between calls (see service/scoring.py) and
+# evaluate() reuses metric values between calls (see service/model/scoring.py) and
 # health_score() assembles the message without re-validating it. These tests
 # pin both to their reference definitions.
 
@@ -1591,7 +1591,7 @@ def test_format_1_states_are_still_read() -> None:
 
 def test_an_idle_account_state_fits_in_2_kb() -> None:
     # A busy 20-user account (the benchmark's), then 91 days of silence.
-    from service.bench_scoring import account_events
+    from service.tools.bench_scoring import account_events
 
     scorecard = default_scorecard()
     state = AccountState.new("acct-20")

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from schemas.decode import Rejected, decode_event
-from service.settings import INPUT_TOPIC_KINDS, load_settings
-from service.simulate import (
+from service.runtime.settings import INPUT_TOPIC_KINDS, load_settings
+from service.tools.simulate import (
     DAY_MS,
     DEFAULT_PERSONAS,
     KEY_FEATURES,
@@ -443,7 +443,7 @@ def test_produce_fails_quickly_without_a_broker() -> None:
 
 
 def test_cli_errors_are_one_line() -> None:
-    from service.cli_simulate import simulate
+    from service.cli.simulate import simulate
 
     runner = CliRunner()
     for args in (
@@ -461,7 +461,7 @@ def test_cli_errors_are_one_line() -> None:
 
 
 def test_cli_writes_jsonl_and_a_summary(tmp_path: Path) -> None:
-    from service.cli_simulate import simulate
+    from service.cli.simulate import simulate
 
     runner = CliRunner()
     target = tmp_path / "events.jsonl"

@@ -20,9 +20,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from service.metrics import REGISTRY
-from service.settings import Settings
-from service.webhook import (
+from service.runtime.metrics import REGISTRY
+from service.runtime.settings import Settings
+from service.runtime.webhook import (
     WebhookDispatcher,
     backoff_delay,
     dispatcher_from_settings,

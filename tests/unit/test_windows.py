@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.windows import (
+from service.model.windows import (
     DAY_MS,
     Count,
     DailyWindow,

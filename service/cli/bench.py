@@ -1,0 +1,175 @@
+"""``vitals bench``: throughput, latency and state size of the worker, in one run.
+
+See :mod:`service.tools.bench` for what is measured and docs/benchmark.md for how to
+read the numbers. The table goes to stdout, progress to stderr, the full result
+as JSON to ``--output``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from service.cli.main import CliError
+
+__all__ = ["bench"]
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.option(
+    "--events",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Simulated events to produce and process.",
+)
+@click.option(
+    "--accounts",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Simulated accounts the events belong to.",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Simulation seed.")
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Partitions of the bench topics (VITALS_PARTITIONS of the worker).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=5000.0,
+    show_default=True,
+    help="Offered rate (events/s) of the latency run.",
+)
+@click.option(
+    "--latency-seconds",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Length of each latency run.",
+)
+@click.option(
+    "--fallback-rate",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Rate of the second latency run when the first is not sustained "
+    "[default: half the end-to-end rate].",
+)
+@click.option(
+    "--bootstrap",
+    default=None,
+    help="Use this Kafka cluster instead of starting a local broker.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("docs/bench/latest.json"),
+    show_default=True,
+    help="Result JSON file.",
+)
+@click.option(
+    "--table",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the table to this file.",
+)
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Afterwards, run a fresh worker under cProfile over the same events and "
+    "write its stats here (summary in the JSON).",
+)
+@click.option(
+    "--profile-events",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Events the profiled worker processes [default: min(events, 100000)].",
+)
+@click.option(
+    "--quix-python",
+    default=None,
+    help="Interpreter with quixstreams installed for step (e) [default: this one].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=10),
+    default=3600.0,
+    show_default=True,
+    help="Longest wait (s) for any one step.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, broker data).")
+def bench(
+    events: int,
+    accounts: int,
+    seed: int,
+    partitions: int,
+    rate: float,
+    latency_seconds: float,
+    fallback_rate: float | None,
+    bootstrap: str | None,
+    output: Path,
+    table: Path | None,
+    profile: Path | None,
+    profile_events: int | None,
+    quix_python: str | None,
+    timeout: float,
+    keep: bool,
+) -> None:
+    """Benchmark one worker: (a) consumer limit, (b) end-to-end events/s,
+    (c) event -> score latency at a fixed rate, (d) state bytes per account,
+    (e) Quix Streams for comparison; then check the targets.
+
+    Starts a local Kafka in a temporary directory (stopped at the end, also on
+    Ctrl-C) unless --bootstrap is given; topics get a fresh prefix either way.
+    Exit status 0 even when a target is missed: read "pass" in the JSON.
+    """
+    from service.tools.bench import BenchError, BenchParams, render_table, run_bench
+
+    params = BenchParams(
+        events=events,
+        accounts=accounts,
+        seed=seed,
+        partitions=partitions,
+        rate=rate,
+        latency_seconds=latency_seconds,
+        fallback_rate=fallback_rate,
+        bootstrap=bootstrap,
+        output=output,
+        table=table,
+        profile=profile,
+        profile_events=profile_events,
+        quix_python=quix_python,
+        timeout=timeout,
+        keep=keep,
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_bench(params)
+    except BenchError as exc:
+        raise CliError(str(exc).splitlines()[0]) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    text = render_table(result)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2) + "\n")
+        if table is not None:
+            table.parent.mkdir(parents=True, exist_ok=True)
+            table.write_text(text)
+    except OSError as exc:
+        raise CliError(f"cannot write results: {exc}") from exc
+    click.echo(text, nl=False)
+    click.echo(f"bench: result written to {output}", err=True)

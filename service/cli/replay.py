@@ -1,0 +1,113 @@
+"""``vitals replay``: the streaming model over a JSON-lines file, in-process."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import IO, NoReturn
+
+import click
+import orjson
+from pydantic_core import PydanticCustomError
+
+from schemas.events import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, parse_timestamp
+from service.model.scorecard import ScorecardError, default_scorecard, load_scorecard
+from service.processing.replay import InvalidLine
+from service.processing.replay import replay as run_replay
+
+__all__ = ["parse_as_of", "replay"]
+
+
+def _fail(message: str) -> NoReturn:
+    # service.cli.main imports this module to register it: import it lazily.
+    from service.cli.main import CliError
+
+    raise CliError(message)
+
+
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
+def parse_as_of(text: str) -> int:
+    """``--as-of``: RFC 3339 with an offset, or integer epoch milliseconds."""
+    value = text.strip()
+    if _DIGITS.fullmatch(value):
+        ms = int(value)
+        if not MIN_TIMESTAMP_MS <= ms <= MAX_TIMESTAMP_MS:
+            _fail(f"--as-of: {value} is outside the supported time range")
+        return ms
+    try:
+        return parse_timestamp(value)
+    except PydanticCustomError as exc:
+        _fail(f"--as-of: {exc.message()}")
+
+
+@click.command("replay")
+@click.argument("events", type=click.File("rb"))
+@click.option(
+    "--as-of",
+    "as_of_text",
+    metavar="TIME",
+    help="Score as of TIME (RFC 3339 with offset, or epoch ms). Default: latest event time.",
+)
+@click.option(
+    "--scorecard",
+    "scorecard_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Scorecard YAML (default: the shipped default scorecard).",
+)
+@click.option(
+    "--changes",
+    "changes_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the bucket changes the stream would have emitted here (JSON lines).",
+)
+@click.option(
+    "--triggers",
+    "triggers_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Playbook triggers file; playbooks are not implemented yet, so it is written empty.",
+)
+def replay(
+    events: IO[bytes],
+    as_of_text: str | None,
+    scorecard_path: Path | None,
+    changes_path: Path | None,
+    triggers_path: Path | None,
+) -> None:
+    """Replay EVENTS (JSON lines, '-' for stdin) through the scoring model.
+
+    Prints one health score per account (the vitals.health.scores shape) to
+    stdout, sorted by account_id. Invalid lines are reported on stderr with
+    their line number and skipped; a JSON summary line ends stderr.
+    """
+    as_of = parse_as_of(as_of_text) if as_of_text is not None else None
+    try:
+        card = load_scorecard(scorecard_path) if scorecard_path else default_scorecard()
+    except ScorecardError as exc:
+        _fail(str(exc))
+
+    def report(bad: InvalidLine) -> None:
+        click.echo(f"vitals replay: {bad}", err=True)
+
+    result = run_replay(events, card, as_of=as_of, on_invalid=report)
+    out = click.get_binary_stream("stdout")
+    for score in result.scores:
+        out.write(orjson.dumps(score.model_dump(mode="json")) + b"\n")
+    out.flush()
+    try:
+        if changes_path is not None:
+            with changes_path.open("wb") as sink:
+                for change in result.changes:
+                    sink.write(orjson.dumps(change.model_dump(mode="json")) + b"\n")
+        if triggers_path is not None:
+            triggers_path.write_bytes(b"")
+            click.echo(
+                f"vitals replay: playbooks are not implemented yet; {triggers_path} is empty",
+                err=True,
+            )
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+    if result.as_of is None:
+        click.echo("vitals replay: no valid events, nothing to score", err=True)
+    click.echo(orjson.dumps({"summary": result.stats.as_dict()}).decode(), err=True)

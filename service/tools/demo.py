@@ -1,0 +1,323 @@
+"""The main job: everything on local defaults, with the portfolio live in the terminal.
+
+``vitals demo`` starts (or reuses) a local Kafka broker, creates the topics and
+the SQLite history database, then runs three child processes, a worker, the
+history sink and the simulator in live mode, and redraws a dashboard from the
+worker's HTTP API and the output topics. Ctrl-C or SIGTERM (or ``--duration``)
+stops the children, then the broker if the demo started it; no process is
+left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from service.runtime.settings import Settings
+from service.tools.child_process import spawn, vitals_command, worker_env
+
+__all__ = ["DemoOptions", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    accounts: int = 200
+    rate: float = 100.0
+    time_scale: float = 3600.0
+    warmup_days: int = 30
+    duration: float | None = None
+    refresh: float = 2.0
+    data_dir: Path = Path("var/demo")
+    kafka_port: int = 9092
+    reuse_kafka: bool = True
+
+
+@dataclass
+class Dashboard:
+    """What the terminal shows; updated from HTTP and the output topics."""
+
+    started: float = field(default_factory=time.monotonic)
+    portfolio: dict[str, Any] = field(default_factory=dict)
+    changes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
+    triggers: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=6))
+    change_count: int = 0
+    trigger_count: int = 0
+    score_count: int = 0
+    scored_accounts: set[str] = field(default_factory=set)
+    events: float = 0.0
+    events_per_s: float = 0.0
+    dlq: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seconds": round(time.monotonic() - self.started, 1),
+            "events": int(self.events),
+            "dead_lettered": int(self.dlq),
+            "scores": self.score_count,
+            "accounts_scored": len(self.scored_accounts),
+            "bucket_changes": self.change_count,
+            "playbook_triggers": self.trigger_count,
+            "buckets": {
+                name: slot.get("accounts", 0)
+                for name, slot in self.portfolio.get("buckets", {}).items()
+            },
+        }
+
+    def render(self, *, tty: bool) -> str:
+        s = self.summary()
+        buckets = self.portfolio.get("buckets", {})
+        lines = [
+            f"vitals demo  {s['seconds']:.0f}s  events {s['events']} ({self.events_per_s:.0f}/s)  "
+            f"dead-lettered {s['dead_lettered']}  scores {s['scores']}",
+            "",
+            "portfolio   accounts        ARR   share",
+        ]
+        for name in ("green", "yellow", "red"):
+            slot = buckets.get(name, {})
+            lines.append(
+                f"  {name:<8} {slot.get('accounts', 0):>9} {slot.get('arr', 0.0):>10.0f}"
+                f"   {100 * slot.get('share', 0.0):5.1f}%"
+            )
+        if self.portfolio:
+            target = 100 * self.portfolio.get("red_share_target", 0.0)
+            lines.append(f"  red share target {target:.1f}%")
+        lines += ["", f"latest bucket changes ({self.change_count} in all)"]
+        for change in reversed(self.changes):
+            drivers = ", ".join(
+                f"{d['metric']} {d['contribution_delta']:+.1f}"
+                for d in change.get("drivers", [])[:3]
+            )
+            move = f"{change['from_bucket']:>6} -> {change['to_bucket']:<6}"
+            lines.append(f"  {change['account_id']:<12} {move} {change['score']:5.1f}  {drivers}")
+        lines += ["", f"playbook triggers ({self.trigger_count} in all)"]
+        for trigger in reversed(self.triggers):
+            lines.append(
+                f"  {trigger['account_id']:<12} {trigger['playbook']:<16} {trigger['reason']}"
+            )
+        lines += ["", "HTTP API: /portfolio, /accounts/<id>/health  (Ctrl-C stops everything)"]
+        text = "\n".join(lines)
+        return ("\x1b[H\x1b[2J" + text) if tty else text
+
+
+class Children:
+    """Child processes in their own process groups, stopped together."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = spawn(vitals_command(*args), env, self.log_dir / f"{name}.log")
+        self.procs.append((name, proc))
+        # Written for operators (and the demo test) to check nothing outlives us.
+        with (self.log_dir / "children.pids").open("a") as pids:
+            pids.write(f"{name} {proc.pid}\n")
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None and proc.returncode != 0:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {' | '.join(tail)}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _follow_outputs(settings: Settings, board: Dashboard, stop: asyncio.Event) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.scores_topic,
+        settings.bucket_changes_topic,
+        settings.triggers_topic,
+        **settings.aiokafka_kwargs(),
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    value = orjson.loads(record.value)
+                    if record.topic == settings.scores_topic:
+                        board.score_count += 1
+                        board.scored_accounts.add(value["account_id"])
+                    elif record.topic == settings.bucket_changes_topic:
+                        board.change_count += 1
+                        board.changes.append(value)
+                    else:
+                        board.trigger_count += 1
+                        board.triggers.append(value)
+    finally:
+        await consumer.stop()
+
+
+async def _watch(
+    settings: Settings,
+    options: DemoOptions,
+    children: Children,
+    board: Dashboard,
+    stop: asyncio.Event,
+    out: IO[str],
+) -> None:
+    follower = asyncio.create_task(_follow_outputs(settings, board, stop))
+    tty = out.isatty()
+    last_events, last_time = 0.0, time.monotonic()
+    deadline = None if options.duration is None else time.monotonic() + options.duration
+    try:
+        while not stop.is_set():
+            children.check()
+            with contextlib.suppress(OSError, ValueError):
+                board.portfolio = await asyncio.to_thread(
+                    _get_json, f"http://127.0.0.1:{settings.web_port}/portfolio"
+                )
+                text = await asyncio.to_thread(
+                    lambda: (
+                        urllib.request.urlopen(
+                            f"http://127.0.0.1:{settings.web_port}/metrics", timeout=5
+                        )
+                        .read()
+                        .decode()
+                    )
+                )
+                board.events = _metric_sum(text, "vitals_events_consumed_total")
+                board.dlq = _metric_sum(text, "vitals_dlq_records_total")
+                now = time.monotonic()
+                board.events_per_s = (board.events - last_events) / max(1e-6, now - last_time)
+                last_events, last_time = board.events, now
+            if tty or options.duration is None:
+                print(board.render(tty=tty), file=out if tty else sys.stderr, flush=True)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), options.refresh)
+    finally:
+        stop.set()
+        await follower
+        if not tty:
+            # A log or a test run still gets the final picture, once.
+            print(board.render(tty=False), file=sys.stderr, flush=True)
+
+
+def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
+    """Run the demo until stopped; returns the final summary."""
+    from service.history.db import migrate
+    from service.runtime.topics import ensure_topics
+    from service.tools.kafka_local import LocalKafka, wait_ready
+
+    data_dir = options.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker: LocalKafka | None = None
+    try:
+        wait_ready(settings.bootstrap_servers, 3)
+        print(f"vitals demo: using Kafka at {settings.bootstrap_servers}", file=sys.stderr)
+    except Exception:
+        broker = LocalKafka(data_dir=data_dir / "kafka", port=options.kafka_port)
+        print(f"vitals demo: starting Kafka on 127.0.0.1:{options.kafka_port}", file=sys.stderr)
+        broker.start(timeout=120)
+        settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    children = Children(data_dir)
+    board = Dashboard()
+    try:
+        ensure_topics(settings)
+        asyncio.run(migrate(settings.database_url))
+        env = worker_env(
+            os.environ,
+            bootstrap=settings.bootstrap_servers,
+            app_id=settings.app_id,
+            topic_prefix=settings.topic_prefix,
+            partitions=settings.partitions,
+            web_port=settings.web_port,
+            data_dir=data_dir / "worker",
+        )
+        env["VITALS_DATABASE_URL"] = settings.database_url
+        env["VITALS_TIMER_INTERVAL_S"] = "2"
+        children.start("worker", ["worker"], env)
+        children.start("history-sink", ["history-sink", "--no-migrate"], env)
+        _wait_worker(settings, children)
+        children.start(
+            "simulator",
+            [
+                "simulate",
+                "--mode",
+                "live",
+                "--accounts",
+                str(options.accounts),
+                "--rate",
+                str(options.rate),
+                "--time-scale",
+                str(options.time_scale),
+                "--warmup-days",
+                str(options.warmup_days),
+                "--invalid-rate",
+                "0.005",
+            ],
+            env,
+        )
+        stop = asyncio.Event()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await _watch(settings, options, children, board, stop, out)
+
+        asyncio.run(main())
+    finally:
+        children.stop()
+        if broker is not None:
+            broker.stop()
+    return board.summary()
+
+
+def _wait_worker(settings: Settings, children: Children, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{settings.web_port}/readyz"
+    while time.monotonic() < deadline:
+        children.check()
+        with contextlib.suppress(OSError, ValueError):
+            if _get_json(url).get("ready"):
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker was not ready within {timeout:.0f}s (see worker.log)")
