@@ -512,14 +512,39 @@ def decide(
     """
     books = list(playbooks.playbooks if isinstance(playbooks, PlaybookSet) else playbooks)
     view = _score_view(score)
-    previous_score = _score_view(previous).score if previous is not None else None
     changes = _changes(change)
-    decision = Decision()
+    offers = _Offers(account_id, memory)
+    base = {
+        "score": view.score,
+        "bucket": view.bucket,
+        "stage": view.stage,
+        "previous_score": _score_view(previous).score if previous is not None else None,
+    }
+    for playbook in books:
+        trigger = playbook.trigger
+        if isinstance(trigger, BucketTransition):
+            _on_transitions(playbook, trigger, changes, view, offers)
+        elif isinstance(trigger, MetricCondition):
+            _on_condition(playbook, trigger, view, metric_values, base, as_of_ms, offers)
+        else:
+            _on_score_drop(playbook, trigger, view, base, as_of_ms, offers)
+    _prune(memory, books, as_of_ms)
+    return offers.decision
 
-    def offer(playbook: Playbook, at: int, reason: str, context: dict[str, Any]) -> None:
+
+class _Offers:
+    """Triggers offered for one rescore: published, or held back by a cooldown."""
+
+    def __init__(self, account_id: str, memory: PlaybookMemory) -> None:
+        self.account_id = account_id
+        self.memory = memory
+        self.decision = Decision()
+
+    def offer(self, playbook: Playbook, at: int, reason: str, context: dict[str, Any]) -> None:
+        memory, account_id = self.memory, self.account_id
         last = memory.fired.get(playbook.name)
         if last is not None and at - last < playbook.cooldown_ms:
-            decision.suppressed.append(
+            self.decision.suppressed.append(
                 Suppressed(playbook.name, account_id, at, last + playbook.cooldown_ms)
             )
             return
@@ -532,90 +557,108 @@ def decide(
             as_of=format_utc(at),
             context={"kind": playbook.kind, **context},
         )
-        decision.triggers.append(message.model_dump(mode="json"))
+        self.decision.triggers.append(message.model_dump(mode="json"))
 
-    def edge(playbook: Playbook, truth: bool | None) -> bool:
-        # True on a false -> true edge; unknown keeps the remembered truth.
+    def edge(self, playbook: Playbook, truth: bool | None) -> bool:
+        """True on a false -> true edge; unknown keeps the remembered truth."""
         if truth is None:
             return False
-        was = playbook.name in memory.active
+        active = self.memory.active
+        was = playbook.name in active
         if truth:
-            memory.active.add(playbook.name)
+            active.add(playbook.name)
         else:
-            memory.active.discard(playbook.name)
+            active.discard(playbook.name)
         return truth and not was
 
-    base = {
-        "score": view.score,
-        "bucket": view.bucket,
-        "stage": view.stage,
-        "previous_score": previous_score,
-    }
-    for playbook in books:
-        trigger = playbook.trigger
-        if isinstance(trigger, BucketTransition):
-            for ch in changes:
-                if not trigger.matches(ch.from_bucket, ch.to_bucket):
-                    continue
-                reason = (
-                    f"Moved from {ch.from_bucket} to {ch.to_bucket}: score "
-                    f"{ch.previous_score:.1f} -> {ch.score:.1f}"
-                )
-                if ch.drivers:
-                    top = ch.drivers[0]
-                    reason += (
-                        f", mostly {top['metric']} ({_num(top.get('before'))} -> "
-                        f"{_num(top.get('after'))})"
-                    )
-                offer(
-                    playbook,
-                    ch.as_of_ms,
-                    reason + ".",
-                    {
-                        "score": ch.score,
-                        "bucket": ch.to_bucket,
-                        "stage": view.stage,
-                        "previous_score": ch.previous_score,
-                        "from_bucket": ch.from_bucket,
-                        "to_bucket": ch.to_bucket,
-                        "change_id": ch.change_id,
-                        "drivers": ch.drivers,
-                    },
-                )
-        elif isinstance(trigger, MetricCondition):
-            buckets, stages = trigger.bucket, trigger.stages
-            truth: bool | None
-            if (buckets is not None and view.bucket not in buckets) or (
-                stages is not None and view.stage not in stages
-            ):
-                truth = False
-            else:
-                truth = evaluate_condition(trigger.when, metric_values)
-            if edge(playbook, truth):
-                read = dict.fromkeys(condition_metrics(trigger.when))
-                values = {m: metric_values.get(m) for m in read}
-                shown = ", ".join(f"{m} = {_num(v)}" for m, v in values.items())
-                offer(
-                    playbook,
-                    as_of_ms,
-                    f"{describe_condition(trigger.when)} became true ({shown}) while "
-                    f"{view.bucket} in stage {view.stage}, score {view.score:.1f}.",
-                    {**base, "condition": describe_condition(trigger.when), "metrics": values},
-                )
-        else:
-            delta = view.delta_7d if trigger.period == "7d" else view.delta_30d
-            truth = None if delta is None else delta <= -trigger.points
-            if edge(playbook, truth):
-                assert delta is not None
-                offer(
-                    playbook,
-                    as_of_ms,
-                    f"Score fell {-delta:g} points in {_period_days(trigger.period)} days, "
-                    f"to {view.score:.1f} (threshold {trigger.points:g} points).",
-                    {**base, "delta": delta, "period": trigger.period, "points": trigger.points},
-                )
-    _prune(memory, books, as_of_ms)
-    return decision
+
+def _on_transitions(
+    playbook: Playbook,
+    trigger: BucketTransition,
+    changes: Sequence[_Change],
+    view: _Score,
+    offers: _Offers,
+) -> None:
+    for ch in changes:
+        if not trigger.matches(ch.from_bucket, ch.to_bucket):
+            continue
+        reason = (
+            f"Moved from {ch.from_bucket} to {ch.to_bucket}: score "
+            f"{ch.previous_score:.1f} -> {ch.score:.1f}"
+        )
+        if ch.drivers:
+            top = ch.drivers[0]
+            reason += (
+                f", mostly {top['metric']} ({_num(top.get('before'))} -> {_num(top.get('after'))})"
+            )
+        offers.offer(
+            playbook,
+            ch.as_of_ms,
+            reason + ".",
+            {
+                "score": ch.score,
+                "bucket": ch.to_bucket,
+                "stage": view.stage,
+                "previous_score": ch.previous_score,
+                "from_bucket": ch.from_bucket,
+                "to_bucket": ch.to_bucket,
+                "change_id": ch.change_id,
+                "drivers": ch.drivers,
+            },
+        )
+
+
+def _on_condition(
+    playbook: Playbook,
+    trigger: MetricCondition,
+    view: _Score,
+    metric_values: Mapping[str, float | None],
+    base: dict[str, Any],
+    as_of_ms: int,
+    offers: _Offers,
+) -> None:
+    buckets, stages = trigger.bucket, trigger.stages
+    truth: bool | None
+    if (buckets is not None and view.bucket not in buckets) or (
+        stages is not None and view.stage not in stages
+    ):
+        truth = False
+    else:
+        truth = evaluate_condition(trigger.when, metric_values)
+    if not offers.edge(playbook, truth):
+        return
+    read = dict.fromkeys(condition_metrics(trigger.when))
+    values = {m: metric_values.get(m) for m in read}
+    shown = ", ".join(f"{m} = {_num(v)}" for m, v in values.items())
+    offers.offer(
+        playbook,
+        as_of_ms,
+        f"{describe_condition(trigger.when)} became true ({shown}) while "
+        f"{view.bucket} in stage {view.stage}, score {view.score:.1f}.",
+        {**base, "condition": describe_condition(trigger.when), "metrics": values},
+    )
+
+
+def _on_score_drop(
+    playbook: Playbook,
+    trigger: ScoreDrop,
+    view: _Score,
+    base: dict[str, Any],
+    as_of_ms: int,
+    offers: _Offers,
+) -> None:
+    delta = view.delta_7d if trigger.period == "7d" else view.delta_30d
+    truth = None if delta is None else delta <= -trigger.points
+    if not offers.edge(playbook, truth):
+        return
+    assert delta is not None
+    offers.offer(
+        playbook,
+        as_of_ms,
+        f"Score fell {-delta:g} points in {_period_days(trigger.period)} days, "
+        f"to {view.score:.1f} (threshold {trigger.points:g} points).",
+        {**base, "delta": delta, "period": trigger.period, "points": trigger.points},
+    )
 
 
 def _prune(memory: PlaybookMemory, playbooks: Sequence[Playbook], as_of_ms: int) -> None:

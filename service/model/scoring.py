@@ -123,6 +123,7 @@ _NO_CHANGE: Final = 1 << 62
 #: A metric at day D reads no day before D - _READ_SPAN (the retained horizon).
 _READ_SPAN: Final = RETAIN_DAYS - 1
 _M = TypeVar("_M", bound=BaseModel)
+GradeName = Literal["A", "B", "C", "D", "F"]
 
 
 class ComponentResult(NamedTuple):
@@ -146,7 +147,7 @@ class Evaluation:
     as_of: int
     score: float
     bucket: BucketName
-    grade: Literal["A", "B", "C", "D", "F"]
+    grade: GradeName
     stage: str
     profile: str
     scorecard: tuple[str, str]
@@ -563,6 +564,30 @@ def _evaluation(fields: dict[str, Any]) -> Evaluation:
     return ev
 
 
+class _MetricPass(NamedTuple):
+    """The metric values of one evaluation and what they make (see :func:`evaluate`)."""
+
+    values: list[float | None]
+    #: Per metric: the last day its value holds without events.
+    until: list[int]
+    #: Bits (``_Plan.metric_bits``) of the weighted metrics that are known.
+    known: int
+    effective: tuple[float, ...]
+    share: float
+    missing: tuple[str, ...]
+    components: list[ComponentResult]
+    models: list[Component | None]
+    #: Bits (``metrics`` positions) of the values that changed; -1: all are new.
+    moved: int
+
+
+class _GateVerdict(NamedTuple):
+    rank: int
+    verdicts: list[tuple[bool, bool]]
+    fired: list[str]
+    capping: list[str]
+
+
 def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluation:
     """The health score of ``state`` at ``as_of`` (epoch ms); reads, never writes.
 
@@ -588,134 +613,222 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
         plan = _plan(scorecard.profile_for(stage, segment))
     day = as_of // DAY_MS
 
-    # Metric values: recompute those whose inputs may have changed or whose
-    # value has expired (`moved`: those whose value did change), then their
-    # components (all of them if the set of known metrics changed). Memory is
-    # usable for the same or a later day unless compaction removed days that
-    # day's metrics read.
-    extractors = plan.extractors
-    bits = plan.metric_bits
-    values_list: list[float | None]
-    until: list[int]
-    components: list[ComponentResult]
-    models: list[Component | None]
+    # Memory is usable for the same or a later day unless compaction removed
+    # days that day's metrics read.
     if (
         memory is not None
         and memory.plan is plan
         and memory.day <= day
         and state.removed_before <= day - _READ_SPAN
     ):
-        changed = state.changed
-        dirty = changed | EXACT_TIME
-        skipped = changed << PAST_SHIFT
-        if state.changed_since < day:
-            dirty |= skipped
-            skipped = 0
-        stale: Iterable[int] = plan.stale(dirty)
-        same_day = memory.day == day
-        if not same_day:
-            until = memory.until
-            expired = list(compress(plan.positions, map(day.__gt__, until)))
-            expired.extend(i for i in stale if until[i] >= day)
-            stale = expired
-        values_list = memory.values.copy()
-        until = memory.until.copy()
-        known = memory.known
-        stables = plan.stables
-        moved = 0
-        for i in stale:
-            value = extractors[i](state, as_of)
-            if value is not None:
-                value = round(value, 4)
-            if not _same(value, values_list[i]):
-                values_list[i] = value
-                moved |= 1 << i
-                if value is None:
-                    known &= ~bits[i]
-                else:
-                    known |= bits[i]
-                # A value that moved is recomputed tomorrow: it will likely
-                # move again (busy usage, day counters), so asking how long
-                # it lasts would not pay.
-                until[i] = day
-            else:
-                # Same day: how long it lasts is worked out when it matters.
-                until[i] = day if same_day else stables[i](state, as_of, value)
-        if skipped:
-            # Changed parts read only for earlier days: today's value holds,
-            # but not beyond today.
-            for i in plan.stale(skipped):
-                if until[i] > day:
-                    until[i] = day
-        effective, share, missing = plan.weights(known)
-        if known == memory.known:
-            components = memory.components.copy()
-            models = memory.models.copy()
-            if moved:
-                slots = plan.slots
-                nones = plan.nones
-                scorers = plan.scorers
-                for i in stale:
-                    slot = slots[i]
-                    if slot >= 0 and moved >> i & 1:
-                        value = values_list[i]
-                        if value is None:
-                            components[slot] = nones[slot]
-                        else:  # as _Plan.components
-                            weight = effective[slot]
-                            metric_score = scorers[slot](value)
-                            components[slot] = _new_component(
-                                ComponentResult,
-                                (
-                                    nones[slot][0],
-                                    value,
-                                    metric_score,
-                                    weight,
-                                    metric_score * weight,
-                                ),
-                            )
-                        models[slot] = None
-        else:
-            components = plan.components(values_list, effective)
-            models = [None] * len(components)
+        metrics = _updated_metrics(state, as_of, day, plan, memory)
+        previous_verdicts: list[tuple[bool, bool]] | None = memory.verdicts
     else:
-        values_list = []
-        known = 0
-        for i, extract in enumerate(extractors):
-            value = extract(state, as_of)
-            if value is None:
-                values_list.append(None)
-            else:
-                values_list.append(round(value, 4))
-                known |= bits[i]
-        until = [day] * len(values_list)
-        effective, share, missing = plan.weights(known)
-        components = plan.components(values_list, effective)
-        models = [None] * len(components)
-        moved = -1
-    values = dict(zip(plan.metrics, values_list, strict=True))
+        metrics = _fresh_metrics(state, as_of, day, plan)
+        previous_verdicts = None
+    values = dict(zip(plan.metrics, metrics.values, strict=True))
     # The score: contributions added in component order (see _weigh). An
     # unknown metric's 0.0 leaves the running total's bits unchanged.
     total = 0.0
-    for component in components:
+    for component in metrics.components:
         total += component[4]
     score = round(min(100.0, max(0.0, total)), 1)
 
-    # Bucket: hysteresis (hysteresis_bucket inlined), gates, missing-data policy.
     previous_bucket = state.bucket
+    score_rank = _score_rank(score, previous_bucket, plan)
+    gates = _judge_gates(plan, values, state.gates, previous_verdicts, metrics.moved, score_rank)
+    state._scoring = _Memory(
+        scorecard,
+        stage,
+        segment,
+        plan,
+        day,
+        metrics.values,
+        metrics.until,
+        metrics.known,
+        metrics.components,
+        metrics.models,
+        gates.verdicts,
+    )
+    state.changed = 0
+    state.changed_since = _NO_CHANGE
+    state.removed_before = NOTHING_REMOVED
+    rank = gates.rank
+    policy = plan.policy
+    low_confidence = metrics.share + _EPS < policy.min_weight_share
+    if low_confidence:
+        if policy.on_low_confidence == "cap":
+            rank = min(rank, BUCKET_RANK[policy.cap_bucket])
+        elif policy.on_low_confidence == "hold" and previous_bucket is not None:
+            rank = BUCKET_RANK[previous_bucket]
+
+    history = state.score_history
+    return _evaluation(
+        {
+            "account_id": state.account_id,
+            "as_of": as_of,
+            "score": score,
+            "bucket": _RANKED[rank],
+            "grade": _grade(score, plan.grade_floors),
+            "stage": stage or UNKNOWN_STAGE,
+            "profile": plan.name,
+            "scorecard": (scorecard.name, scorecard.version),
+            "components": tuple(metrics.components),
+            "values": values,
+            "missing": metrics.missing,
+            "weight_share": round(metrics.share, 4),
+            "low_confidence": low_confidence,
+            "score_bucket": _RANKED[score_rank],
+            "capping_gates": tuple(gates.capping),
+            "gates_fired": tuple(gates.fired),
+            "delta_7d": _delta(score, _score_then(history, day - 7)),
+            "delta_30d": _delta(score, _score_then(history, day - 30)),
+            "_models": metrics.models,
+        }
+    )
+
+
+def _fresh_metrics(state: AccountState, as_of: int, day: int, plan: _Plan) -> _MetricPass:
+    """Every metric computed from the state (no usable memory)."""
+    values: list[float | None] = []
+    known = 0
+    bits = plan.metric_bits
+    for i, extract in enumerate(plan.extractors):
+        value = extract(state, as_of)
+        if value is None:
+            values.append(None)
+        else:
+            values.append(round(value, 4))
+            known |= bits[i]
+    effective, share, missing = plan.weights(known)
+    components = plan.components(values, effective)
+    return _MetricPass(
+        values,
+        [day] * len(values),
+        known,
+        effective,
+        share,
+        missing,
+        components,
+        [None] * len(components),
+        -1,
+    )
+
+
+def _updated_metrics(
+    state: AccountState, as_of: int, day: int, plan: _Plan, memory: _Memory
+) -> _MetricPass:
+    """The memory's metric values, brought to ``as_of``.
+
+    Recomputes those whose inputs may have changed or whose value has expired,
+    then the components of the values that moved (all of them if the set of
+    known metrics changed).
+    """
+    changed = state.changed
+    dirty = changed | EXACT_TIME
+    skipped = changed << PAST_SHIFT
+    if state.changed_since < day:
+        dirty |= skipped
+        skipped = 0
+    stale: Iterable[int] = plan.stale(dirty)
+    same_day = memory.day == day
+    if not same_day:
+        until = memory.until
+        expired = list(compress(plan.positions, map(day.__gt__, until)))
+        expired.extend(i for i in stale if until[i] >= day)
+        stale = expired
+    extractors = plan.extractors
+    bits = plan.metric_bits
+    values = memory.values.copy()
+    until = memory.until.copy()
+    known = memory.known
+    stables = plan.stables
+    moved = 0
+    for i in stale:
+        value = extractors[i](state, as_of)
+        if value is not None:
+            value = round(value, 4)
+        if not _same(value, values[i]):
+            values[i] = value
+            moved |= 1 << i
+            if value is None:
+                known &= ~bits[i]
+            else:
+                known |= bits[i]
+            # A value that moved is recomputed tomorrow: it will likely
+            # move again (busy usage, day counters), so asking how long
+            # it lasts would not pay.
+            until[i] = day
+        else:
+            # Same day: how long it lasts is worked out when it matters.
+            until[i] = day if same_day else stables[i](state, as_of, value)
+    if skipped:
+        # Changed parts read only for earlier days: today's value holds,
+        # but not beyond today.
+        for i in plan.stale(skipped):
+            if until[i] > day:
+                until[i] = day
+    effective, share, missing = plan.weights(known)
+    if known != memory.known:
+        components = plan.components(values, effective)
+        return _MetricPass(
+            values,
+            until,
+            known,
+            effective,
+            share,
+            missing,
+            components,
+            [None] * len(components),
+            moved,
+        )
+    components = memory.components.copy()
+    models = memory.models.copy()
+    if moved:
+        slots = plan.slots
+        nones = plan.nones
+        scorers = plan.scorers
+        for i in stale:
+            slot = slots[i]
+            if slot >= 0 and moved >> i & 1:
+                value = values[i]
+                if value is None:
+                    components[slot] = nones[slot]
+                else:  # as _Plan.components
+                    weight = effective[slot]
+                    metric_score = scorers[slot](value)
+                    components[slot] = _new_component(
+                        ComponentResult,
+                        (nones[slot][0], value, metric_score, weight, metric_score * weight),
+                    )
+                models[slot] = None
+    return _MetricPass(values, until, known, effective, share, missing, components, models, moved)
+
+
+def _score_rank(score: float, previous_bucket: str | None, plan: _Plan) -> int:
+    """The bucket rank of ``score`` with hysteresis (:func:`hysteresis_bucket` inlined)."""
     green, yellow = plan.green, plan.yellow
     if previous_bucket is None:
-        score_rank = 2 if score >= green else 1 if score >= yellow else 0
-    else:
-        lower, upper = score - plan.hysteresis, score + plan.hysteresis
-        low = 2 if lower >= green else 1 if lower >= yellow else 0
-        high = 2 if upper >= green else 1 if upper >= yellow else 0
-        score_rank = min(high, max(low, BUCKET_RANK[previous_bucket]))
-    score_bucket = _RANKED[score_rank]
-    # A gate's verdict is kept while the values it reads and whether it is
-    # held (fired last time) are the same as at the last evaluation.
-    held = state.gates
-    previous_verdicts = memory.verdicts if moved != -1 and memory is not None else None
+        return 2 if score >= green else 1 if score >= yellow else 0
+    lower, upper = score - plan.hysteresis, score + plan.hysteresis
+    low = 2 if lower >= green else 1 if lower >= yellow else 0
+    high = 2 if upper >= green else 1 if upper >= yellow else 0
+    return min(high, max(low, BUCKET_RANK[previous_bucket]))
+
+
+def _judge_gates(
+    plan: _Plan,
+    values: Mapping[str, float | None],
+    held: Iterable[str],
+    previous_verdicts: list[tuple[bool, bool]] | None,
+    moved: int,
+    score_rank: int,
+) -> _GateVerdict:
+    """Which gates fire, and the bucket rank they leave.
+
+    A gate's verdict is kept while the values it reads and whether it is held
+    (fired last time) are the same as at the last evaluation.
+    """
     verdicts: list[tuple[bool, bool]] = []
     rank = score_rank
     fired: list[str] = []
@@ -748,72 +861,20 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
                 capping.append(name)
             if cap < rank:
                 rank = cap
-    state._scoring = _Memory(
-        scorecard,
-        stage,
-        segment,
-        plan,
-        day,
-        values_list,
-        until,
-        known,
-        components,
-        models,
-        verdicts,
-    )
-    state.changed = 0
-    state.changed_since = _NO_CHANGE
-    state.removed_before = NOTHING_REMOVED
-    policy = plan.policy
-    low_confidence = share + _EPS < policy.min_weight_share
-    if low_confidence:
-        if policy.on_low_confidence == "cap":
-            rank = min(rank, BUCKET_RANK[policy.cap_bucket])
-        elif policy.on_low_confidence == "hold" and previous_bucket is not None:
-            rank = BUCKET_RANK[previous_bucket]
+    return _GateVerdict(rank, verdicts, fired, capping)
 
-    # Trend: the scores in effect 7 and 30 days ago (_score_then, exact day first).
-    history = state.score_history
-    then_7d = history.get(day - 7)
-    if then_7d is None:
-        then_7d = _score_then(history, day - 7)
-    then_30d = history.get(day - 30)
-    if then_30d is None:
-        then_30d = _score_then(history, day - 30)
-    grade_a, grade_b, grade_c, grade_d = plan.grade_floors
-    return _evaluation(
-        {
-            "account_id": state.account_id,
-            "as_of": as_of,
-            "score": score,
-            "bucket": _RANKED[rank],
-            "grade": (
-                "A"
-                if score >= grade_a
-                else "B"
-                if score >= grade_b
-                else "C"
-                if score >= grade_c
-                else "D"
-                if score >= grade_d
-                else "F"
-            ),
-            "stage": stage or UNKNOWN_STAGE,
-            "profile": plan.name,
-            "scorecard": (scorecard.name, scorecard.version),
-            "components": tuple(components),
-            "values": values,
-            "missing": missing,
-            "weight_share": round(share, 4),
-            "low_confidence": low_confidence,
-            "score_bucket": score_bucket,
-            "capping_gates": tuple(capping),
-            "gates_fired": tuple(fired),
-            "delta_7d": None if then_7d is None else round(score - then_7d, 1),
-            "delta_30d": None if then_30d is None else round(score - then_30d, 1),
-            "_models": models,
-        }
-    )
+
+def _grade(score: float, floors: tuple[float, float, float, float]) -> GradeName:
+    grade_a, grade_b, grade_c, grade_d = floors
+    if score >= grade_a:
+        return "A"
+    if score >= grade_b:
+        return "B"
+    if score >= grade_c:
+        return "C"
+    if score >= grade_d:
+        return "D"
+    return "F"
 
 
 def _weigh(
