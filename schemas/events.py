@@ -248,6 +248,7 @@ class PulseEvent(EventBase):
     type: Literal["pulse"]
     rating: Literal["green", "yellow", "red"]
     reason: NonEmptyStr
+    author: Id | None = None
     expires_at: Timestamp = Field(default_factory=_default_expiry)
 
 

@@ -97,7 +97,7 @@ def validate_batch(
 def pulse_body_to_event(account_id: str, body: Any, now_ms: int) -> dict[str, Any]:
     """The pulse event a ``POST /accounts/{id}/pulse`` body stands for.
 
-    The body carries ``rating``, ``reason`` and optionally ``expires_at``,
+    The body carries ``rating``, ``reason`` and optionally ``author``, ``expires_at``,
     ``event_id`` (for idempotent retries) and ``occurred_at``; the account comes
     from the path. Validation happens afterwards, like any event.
     """
@@ -111,7 +111,7 @@ def pulse_body_to_event(account_id: str, body: Any, now_ms: int) -> dict[str, An
         "type": "pulse",
         "occurred_at": body.get("occurred_at", now_ms),
     }
-    for name in ("rating", "reason", "expires_at"):
+    for name in ("rating", "reason", "author", "expires_at"):
         if name in body:
             event[name] = body[name]
     return event
