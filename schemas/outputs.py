@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.dlq import DlqHeaders
@@ -27,12 +28,16 @@ __all__ = [
     "Component",
     "DlqHeaders",
     "Driver",
+    "GateOut",
     "Grade",
     "HealthScore",
     "PlaybookTrigger",
+    "Pulse",
     "ScorecardRef",
     "Trend",
     "format_utc",
+    "parse_bucket_change",
+    "parse_health_score",
 ]
 
 Bucket = Literal["green", "yellow", "red"]
@@ -80,10 +85,32 @@ class Component(_Output):
     """One metric's part in a score: ``contribution = score * weight`` (0-100 scale)."""
 
     metric: NonEmptyStr
+    #: The scorecard's short name of the metric, for people.
+    label: NonEmptyStr
     value: Number | None
     score: Score
     weight: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     contribution: Number
+
+
+class GateOut(_Output):
+    """A scorecard gate that fired: it caps the bucket at ``bucket`` or lifts it
+    to ``bucket``; ``decided``: it set the account's bucket."""
+
+    name: NonEmptyStr
+    reason: str
+    effect: Literal["cap", "lift"]
+    bucket: Bucket
+    decided: bool
+
+
+class Pulse(_Output):
+    """The CSM pulse in effect (not expired) when the score was computed."""
+
+    rating: Bucket
+    reason: NonEmptyStr
+    author: Id | None
+    expires_at: UtcTimestamp
 
 
 class Trend(_Output):
@@ -101,20 +128,26 @@ class HealthScore(_Output):
     bucket: Bucket
     grade: Grade
     stage: NonEmptyStr
+    #: The scorecard profile used (``default`` when none matched).
+    profile: NonEmptyStr
     scorecard: ScorecardRef
     components: list[Component]
     missing: list[NonEmptyStr]
+    #: Gates that fired, in scorecard order, with their reasons.
+    gates: list[GateOut]
+    pulse: Pulse | None
     trend: Trend
     as_of: UtcTimestamp
     computed_at: UtcTimestamp
     low_confidence: bool
-    schema_version: Annotated[int, Field(ge=1, le=1)] = 1
+    schema_version: Annotated[int, Field(ge=2, le=2)] = 2
 
 
 class Driver(_Output):
     """A metric that moved between the previous and the new score."""
 
     metric: NonEmptyStr
+    label: NonEmptyStr
     before: Number | None
     after: Number | None
     contribution_delta: Number
@@ -134,8 +167,10 @@ class BucketChange(_Output):
     score: Score
     previous_score: Score
     drivers: list[Driver]
+    #: The gates that decided the new bucket (empty when the score alone did).
+    gates: list[GateOut]
     as_of: UtcTimestamp
-    schema_version: Annotated[int, Field(ge=1, le=1)] = 1
+    schema_version: Annotated[int, Field(ge=2, le=2)] = 2
 
     @model_validator(mode="after")
     def _is_a_change(self) -> BucketChange:
@@ -157,3 +192,42 @@ class PlaybookTrigger(_Output):
     as_of: UtcTimestamp
     context: dict[str, Any]
     schema_version: Annotated[int, Field(ge=1, le=1)] = 1
+
+
+def parse_health_score(raw: bytes | str) -> HealthScore:
+    """A ``vitals.health.scores`` message of any published version, as the current
+    model: a version-1 message (no profile, gates, pulse or labels) is read with
+    ``profile`` ``"unknown"``, no gates, no pulse and each metric as its own label.
+    Raises ``ValueError`` (pydantic's ``ValidationError``) for anything else."""
+    data = orjson.loads(raw)
+    if isinstance(data, dict) and data.get("schema_version", 1) == 1:
+        data = {
+            **data,
+            "profile": "unknown",
+            "gates": [],
+            "pulse": None,
+            "components": [_labelled(c) for c in data.get("components", [])],
+            "schema_version": 2,
+        }
+    return HealthScore.model_validate(data)
+
+
+def parse_bucket_change(raw: bytes | str) -> BucketChange:
+    """A ``vitals.health.bucket-changes`` message of any published version, as the
+    current model: a version-1 message is read with no gates and each driver's
+    metric as its label."""
+    data = orjson.loads(raw)
+    if isinstance(data, dict) and data.get("schema_version", 1) == 1:
+        data = {
+            **data,
+            "drivers": [_labelled(d) for d in data.get("drivers", [])],
+            "gates": [],
+            "schema_version": 2,
+        }
+    return BucketChange.model_validate(data)
+
+
+def _labelled(item: Any) -> Any:
+    if isinstance(item, dict) and "label" not in item and isinstance(item.get("metric"), str):
+        return {"metric": item["metric"], "label": item["metric"], **item}
+    return item

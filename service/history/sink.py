@@ -54,7 +54,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.decode import Rejected, decode_event
 from schemas.events import PulseEvent, parse_timestamp
-from schemas.outputs import BucketChange, HealthScore, PlaybookTrigger
+from schemas.outputs import (
+    BucketChange,
+    HealthScore,
+    PlaybookTrigger,
+    parse_bucket_change,
+    parse_health_score,
+)
 from service.history.db import HistoryDbError, create_engine, current_revision, head_revision
 from service.history.models import (
     BucketChangeRow,
@@ -280,9 +286,9 @@ class HistoryWriter:
                 if b"\\u0000" in value:  # PostgreSQL text cannot hold NUL
                     raise ValueError("NUL character in a string")
                 if kind == "scores":
-                    parsed.scores.append(_score_row(HealthScore.model_validate_json(value)))
+                    parsed.scores.append(_score_row(parse_health_score(value)))
                 elif kind == "bucket_changes":
-                    change = _change_row(BucketChange.model_validate_json(value))
+                    change = _change_row(parse_bucket_change(value))
                     parsed.changes.setdefault(change["change_id"], change)
                 else:
                     trigger = _trigger_row(PlaybookTrigger.model_validate_json(value))

@@ -88,6 +88,7 @@ __all__ = [
     "MAX_USERS",
     "NOTHING_REMOVED",
     "PARTS",
+    "PARTS_OF_TYPE",
     "PART_ACTIVE_DAYS",
     "PART_ACTIVITY",
     "PART_CONTRACTS",
@@ -145,6 +146,9 @@ _FORMATS: Final = (1, 2, 3)
 ID_DIGEST_BYTES: Final = 6
 
 _PULSE_REASON_MAX: Final = 200
+#: Days of use remembered per user and "regular use" feature.
+_DAY_BITS: Final = 64
+_DAY_BITS_MASK: Final = (1 << _DAY_BITS) - 1
 
 # Parts of the state, as bits: ``apply`` and ``compact`` record in
 # ``AccountState.changed`` which parts they changed, and each metric source
@@ -280,6 +284,7 @@ class AccountState:
         "dedup",
         "duplicates",
         "escalations",
+        "feature_days",
         "features",
         "first_event_at",
         "gates",
@@ -335,6 +340,10 @@ class AccountState:
         self.features = LastSeen(MAX_FEATURES)
         #: user -> feature -> last day used.
         self.user_features: dict[str, dict[str, int]] = {}
+        #: user -> feature -> [last day used, day bits]: bit k set = used on the
+        #: day ``k`` days before the last one (64 days). Kept only for the
+        #: features a scorecard asks "regular use" of (``apply``'s ``regular``).
+        self.feature_days: dict[str, dict[str, list[int]]] = {}
         # support
         self.tickets: dict[str, Ticket] = {}
         self.tickets_opened: DailyWindow[int, object, int] = DailyWindow(_COUNT)
@@ -348,7 +357,7 @@ class AccountState:
         self.nps: DailyWindow[MeanAcc, float, float | None] = DailyWindow(_MEAN)
         self.csm_touches: DailyWindow[int, object, int] = DailyWindow(_COUNT)
         self.last_csm_touch_at: int | None = None
-        #: Newest pulse: [rating, reason, occurred_at, expires_at].
+        #: Newest pulse: [rating, reason, occurred_at, expires_at(, author)].
         self.pulse: list[Any] | None = None
         #: milestone name -> earliest occurred_at.
         self.milestones: dict[str, int] = {}
@@ -407,7 +416,12 @@ class AccountState:
 
     # ------------------------------------------------------------------ apply
 
-    def apply(self, event: Event, newest_read: int | None = None) -> ApplyResult:
+    def apply(
+        self,
+        event: Event,
+        newest_read: int | None = None,
+        regular: frozenset[str] = frozenset(),
+    ) -> ApplyResult:
         """Apply one validated event of this account, at most once.
 
         Returns DUPLICATE for a recently applied ``event_id``, LATE for an
@@ -416,6 +430,8 @@ class AccountState:
         ``occurred_at`` of the account read before this event but not
         necessarily applied yet (a stream that reorders by event time passes
         it, so an event is late by the order it arrived in, as in replay).
+        ``regular``: features whose days of use are kept per user
+        (:meth:`regular_days`; the scorecard's ``Scorecard.regular_features``).
         """
         digest = blake2b(event.event_id.encode(), digest_size=8).digest()[:ID_DIGEST_BYTES]
         dedup = self.dedup
@@ -448,6 +464,8 @@ class AccountState:
         if day < self._data_low:
             self._data_low = day
         handler(self, event, day)
+        if regular and kind == "feature_use":
+            self._mark_day(event, day, regular)
         counts = self.counts
         counts[kind] = counts.get(kind, 0) + 1
         self._version += 1
@@ -464,6 +482,7 @@ class AccountState:
             indexed = self._adoption
             for gone in users.touch(user_id, day):
                 self.user_features.pop(gone, None)
+                self.feature_days.pop(gone, None)
                 if indexed:
                     self._reindex(gone)
             if indexed:
@@ -482,7 +501,9 @@ class AccountState:
         self._touch_user(event.user_id, day, event.occurred_at)
 
     def _on_feature_use(self, event: FeatureUseEvent, day: int) -> None:
-        if self.activity.add(day, 1):
+        # A producer that aggregates per user and day sends one event with its
+        # count: activity is the uses, not the messages.
+        if self.activity.add(day, event.count):
             self.changed |= PART_ACTIVE_DAYS
         user = event.user_id
         self._touch_user(user, day, event.occurred_at)
@@ -512,6 +533,45 @@ class AccountState:
             self._uf_low = day
         if self._adoption:
             self._reindex(user)
+
+    def _mark_day(self, event: Any, day: int, regular: frozenset[str]) -> None:
+        user, feature = event.user_id, event.feature
+        if feature not in regular or user not in self.users:
+            return
+        per_user = self.feature_days.get(user)
+        if per_user is None:
+            per_user = self.feature_days[user] = {}
+        entry = per_user.get(feature)
+        if entry is None:
+            per_user[feature] = [day, 1]
+        elif day > entry[0]:
+            entry[1] = ((entry[1] << (day - entry[0])) | 1) & _DAY_BITS_MASK
+            entry[0] = day
+        elif entry[0] - day < _DAY_BITS:
+            entry[1] |= 1 << (entry[0] - day)
+        else:
+            return
+        self.changed |= PART_USERS
+        if day < self._uf_low:
+            self._uf_low = day
+
+    def regular_days(self, user: str, features: tuple[str, ...], first: int, last: int) -> int:
+        """Distinct days in ``first .. last`` on which ``user`` used one of
+        ``features`` (features tracked through ``apply``'s ``regular``; at most
+        64 days back from ``last``)."""
+        per_user = self.feature_days.get(user)
+        if not per_user or last < first:
+            return 0
+        combined = 0
+        for feature in features:
+            entry = per_user.get(feature)
+            if entry is None:
+                continue
+            anchor, bits = entry
+            # Align every feature's bits on `last` (bit k = day last - k).
+            combined |= bits >> (anchor - last) if anchor > last else bits << (last - anchor)
+        span = min(last - first + 1, _DAY_BITS)
+        return (combined & ((1 << span) - 1)).bit_count()
 
     # ------------------------------------------------------ derived indexes
 
@@ -643,6 +703,8 @@ class AccountState:
                 event.occurred_at,
                 event.expires_at,
             ]
+            if event.author is not None:
+                self.pulse.append(event.author)
 
     def _on_milestone(self, event: MilestoneEvent, day: int) -> None:
         old = self.milestones.get(event.name)
@@ -734,6 +796,7 @@ class AccountState:
         touched: set[str] = set()
         for gone in self.users.prune(min_day):
             self.user_features.pop(gone, None)
+            self.feature_days.pop(gone, None)
             touched.add(gone)
         if self.features.prune(min_day):
             dropped = True
@@ -749,6 +812,16 @@ class AccountState:
                     least = min(used.values())
                     if least < low:
                         low = least
+            for user in list(self.feature_days):
+                marked = self.feature_days[user]
+                for feature in [f for f, (last, _) in marked.items() if last < min_day]:
+                    del marked[feature]
+                if not marked:
+                    del self.feature_days[user]
+                    continue
+                least = min(last for last, _ in marked.values())
+                if least < low:
+                    low = least
             self._uf_low = low
         if touched:
             dropped = True
@@ -837,6 +910,7 @@ class AccountState:
         put("u", self.users.days)
         put("f", self.features.days)
         put("uf", self.user_features)
+        put("fd", self.feature_days)
         tickets = self._tickets_dump
         if tickets is None:
             tickets = self._tickets_dump = {tid: t.dump() for tid, t in self.tickets.items()}
@@ -900,6 +974,10 @@ class AccountState:
         state.users = LastSeen.load(MAX_USERS, data.get("u", {}))
         state.features = LastSeen.load(MAX_FEATURES, data.get("f", {}))
         state.user_features = {u: dict(fs) for u, fs in data.get("uf", {}).items()}
+        state.feature_days = {
+            u: {f: [int(day), int(bits)] for f, (day, bits) in fs.items()}
+            for u, fs in data.get("fd", {}).items()
+        }
         state.tickets = {tid: Ticket.load(t) for tid, t in data.get("tk", {}).items()}
         state.last_csm_touch_at = data.get("lct")
         state.pulse = data.get("pl")
@@ -1125,3 +1203,5 @@ _HANDLERS: Final[dict[str, tuple[Callable[[AccountState, Any, int], None], int]]
     "contract": (AccountState._on_contract, PART_CONTRACTS),
     "invoice": (AccountState._on_invoice, PART_INVOICE),
 }
+#: Event type -> the parts (``PART_*``) applying one changes.
+PARTS_OF_TYPE: Final[dict[str, int]] = {kind: parts for kind, (_, parts) in _HANDLERS.items()}

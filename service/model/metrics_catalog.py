@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.model.account_state import (
     HORIZON_DAYS,
@@ -61,6 +61,7 @@ from service.model.windows import DAY_MS, DailyWindow, DayIndex, LastSeen, day_o
 __all__ = [
     "CATALOG",
     "EXACT_TIME",
+    "FEEDS",
     "FOREVER",
     "PAST_SHIFT",
     "Extractor",
@@ -121,6 +122,17 @@ class TrendParams(_Params):
 class KeyFeatureParams(_Params):
     features: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     days: Days = 30
+    #: Share of the users active in the window, or of the paid seats.
+    per: Literal["active_users", "seats"] = "active_users"
+    #: "Regular use": a user adopts only after using a key feature on at least
+    #: this many distinct days of the window (1: once is enough).
+    min_days: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _fits(self) -> KeyFeatureParams:
+        if self.min_days > self.days:
+            raise ValueError(f"min_days ({self.min_days}) is longer than days ({self.days})")
+        return self
 
 
 class TicketParams(_Params):
@@ -167,6 +179,9 @@ class Source:
     #: Builds the source's Stability from its params; ``None``: the value may
     #: change every day.
     stable: Callable[[Any], Stability] | None = None
+    #: Event types (feeds) it is made of: unknown for an account that never sent
+    #: one, unless the scorecard declares the feed connected (empty: no such rule).
+    feeds: tuple[str, ...] = ()
 
     @property
     def dependencies(self) -> int:
@@ -176,6 +191,21 @@ class Source:
 
 #: Every metric source, by name.
 CATALOG: dict[str, Source] = {}
+#: The feeds a scorecard can declare connected: the event types of the contract.
+FEEDS: Final = (
+    "login",
+    "feature_use",
+    "support_ticket",
+    "account",
+    "csm_touch",
+    "survey",
+    "pulse",
+    "milestone",
+    "kpi",
+    "contract",
+    "invoice",
+)
+_SUPPORT: Final = ("support_ticket",)
 
 
 class ParamsError(ValueError):
@@ -289,9 +319,10 @@ def _source(
     *,
     reads: int,
     reads_past: int = 0,
+    feeds: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Any], Extractor]], Callable[[Any], Extractor]]:
     def register(build: Callable[[Any], Extractor]) -> Callable[[Any], Extractor]:
-        CATALOG[name] = Source(name, description, params, build, reads, reads_past)
+        CATALOG[name] = Source(name, description, params, build, reads, reads_past, feeds=feeds)
         return build
 
     return register
@@ -466,26 +497,51 @@ def _feature_breadth(p: WindowParams) -> Extractor:
 
 @_source(
     "key_feature_adoption",
-    "Share of the users active in the window who used at least one of "
-    "`features` in the window (0 when nobody was active).",
+    "Share of the users active in the window (or, with `per: seats`, of the paid "
+    "seats) who used at least one of `features` in the window, on at least "
+    "`min_days` distinct days (0 when nobody was active; unknown per seats "
+    "without a seat count).",
     KeyFeatureParams,
-    reads=PART_USERS,
+    reads=PART_USERS | PART_SNAPSHOT,
 )
 def _key_feature_adoption(p: KeyFeatureParams) -> Extractor:
     keys = tuple(dict.fromkeys(p.features))
     back = p.days - 1
+    per_seat = p.per == "seats"
+    min_days = p.min_days
 
     def extract(state: AccountState, as_of: int) -> float | None:
-        first = as_of // DAY_MS - back
+        day = as_of // DAY_MS
+        first = day - back
+        seats = 0
+        if per_seat:
+            known = _seats(state)
+            if known is None:
+                return None
+            seats = known
+        if min_days > 1:
+            adopters = sum(
+                1
+                for user in state.users.keys_since(first)
+                if state.regular_days(user, keys, first, day) >= min_days
+            )
+            if per_seat:
+                return adopters / seats
+            active = state.users.count_since(first)
+            return adopters / active if active else 0.0
         if first < 0:
             # Before 1970-01-01 + days: "used no key feature" (day -1 in the
             # loop below) still counts as adoption; not worth an index.
-            return _adoption_by_scan(state, keys, first)
-        active = state.users.count_since(first)
-        if not active:
-            return 0.0
+            share = _adoption_by_scan(state, keys, first)
+            if per_seat:
+                return share * state.users.count_since(first) / seats
+            return share
         # Adopters: active since `first` and a key feature used since `first`.
-        return state.adoption_index(keys).count_since(first) / active
+        adopters = state.adoption_index(keys).count_since(first)
+        if per_seat:
+            return adopters / seats
+        active = state.users.count_since(first)
+        return adopters / active if active else 0.0
 
     return extract
 
@@ -540,6 +596,7 @@ def _usage_trend(p: TrendParams) -> Extractor:
     "with no status event for 91 days is treated as abandoned.",
     TicketParams,
     reads=PART_TICKETS,
+    feeds=_SUPPORT,
 )
 def _open_tickets(p: TicketParams) -> Extractor:
     wanted = frozenset(p.priorities)
@@ -564,6 +621,7 @@ def _open_tickets(p: TicketParams) -> Extractor:
     "Tickets opened in the window / seats; unknown without a seat count.",
     WindowParams,
     reads=PART_SNAPSHOT | PART_TICKETS,
+    feeds=_SUPPORT,
 )
 def _tickets_per_seat(p: WindowParams) -> Extractor:
     back = p.days - 1
@@ -584,6 +642,7 @@ def _tickets_per_seat(p: WindowParams) -> Extractor:
     "unknown when none was.",
     WindowParams,
     reads=PART_TICKETS,
+    feeds=_SUPPORT,
 )
 def _resolution_hours(p: WindowParams) -> Extractor:
     back = p.days - 1
@@ -595,7 +654,13 @@ def _resolution_hours(p: WindowParams) -> Extractor:
     return extract
 
 
-@_source("escalations", "Ticket escalations in the window.", WindowParams, reads=PART_TICKETS)
+@_source(
+    "escalations",
+    "Ticket escalations in the window.",
+    WindowParams,
+    reads=PART_TICKETS,
+    feeds=_SUPPORT,
+)
 def _escalations(p: WindowParams) -> Extractor:
     back = p.days - 1
 
@@ -611,6 +676,7 @@ def _escalations(p: WindowParams) -> Extractor:
     "Mean CSAT (1-5) of resolved tickets and CSAT surveys in the window; unknown when none.",
     WindowParams,
     reads=PART_TICKETS | PART_SURVEYS,
+    feeds=("support_ticket", "survey"),
 )
 def _csat(p: WindowParams) -> Extractor:
     back = p.days - 1
@@ -631,6 +697,7 @@ def _csat(p: WindowParams) -> Extractor:
     "the answers in the window; unknown when none.",
     WindowParams,
     reads=PART_SURVEYS,
+    feeds=("survey",),
 )
 def _nps(p: WindowParams) -> Extractor:
     back = p.days - 1
@@ -642,7 +709,13 @@ def _nps(p: WindowParams) -> Extractor:
     return extract
 
 
-@_source("csm_touches", "CSM touches (any channel) in the window.", WindowParams, reads=PART_CSM)
+@_source(
+    "csm_touches",
+    "CSM touches (any channel) in the window.",
+    WindowParams,
+    reads=PART_CSM,
+    feeds=("csm_touch",),
+)
 def _csm_touches(p: WindowParams) -> Extractor:
     back = p.days - 1
 
@@ -655,12 +728,18 @@ def _csm_touches(p: WindowParams) -> Extractor:
 
 @_source(
     "days_since_csm_touch",
-    "Whole days since the last CSM touch; unknown if never.",
-    reads=PART_CSM,
+    "Whole days since the last CSM touch; since the account's first event when it "
+    "was never touched (never touched is not better than touched long ago). Its feed "
+    "is the CSM team's engagement: unknown for an account without any csm_touch, "
+    "pulse, survey or milestone event, unless a scorecard declares one connected.",
+    reads=PART_CSM | PART_EVENTS,
+    feeds=("csm_touch", "pulse", "survey", "milestone"),
 )
 def _days_since_csm_touch(p: NoParams) -> Extractor:
     def extract(state: AccountState, as_of: int) -> float | None:
         last = state.last_csm_touch_at
+        if last is None:
+            last = state.first_event_at
         return None if last is None else float(max(0, as_of // DAY_MS - last // DAY_MS))
 
     return extract
@@ -687,6 +766,7 @@ def _csm_pulse(p: NoParams) -> Extractor:
     "Share of the named milestones reached (0..1).",
     MilestoneParams,
     reads=PART_MILESTONES,
+    feeds=("milestone",),
 )
 def _milestones_reached(p: MilestoneParams) -> Extractor:
     names = tuple(dict.fromkeys(p.names))
@@ -755,6 +835,7 @@ def _arr(p: NoParams) -> Extractor:
     "in the last 91 days (the retained horizon).",
     KpiParams,
     reads=PART_KPIS,
+    feeds=("kpi",),
 )
 def _kpi_total(p: KpiParams) -> Extractor:
     back = p.days - 1
@@ -777,6 +858,7 @@ def _kpi_total(p: KpiParams) -> Extractor:
     "value in both.",
     KpiTrendParams,
     reads=PART_EVENTS,
+    feeds=("kpi",),
     reads_past=PART_KPIS,
 )
 def _kpi_trend(p: KpiTrendParams) -> Extractor:
@@ -800,6 +882,7 @@ def _kpi_trend(p: KpiTrendParams) -> Extractor:
     "Contract events with one of `actions` in the window.",
     ContractParams,
     reads=PART_CONTRACTS,
+    feeds=("contract",),
 )
 def _contract_events(p: ContractParams) -> Extractor:
     actions = tuple(dict.fromkeys(p.actions))
@@ -823,6 +906,7 @@ def _contract_events(p: ContractParams) -> Extractor:
     "invoice_overdue",
     "1 when the newest invoice event says overdue, 0 when paid; unknown without invoices.",
     reads=PART_INVOICE,
+    feeds=("invoice",),
 )
 def _invoice_overdue(p: NoParams) -> Extractor:
     def extract(state: AccountState, as_of: int) -> float | None:
@@ -906,11 +990,12 @@ def _feature_breadth_stable(p: WindowParams) -> Stability:
 def _key_feature_adoption_stable(p: KeyFeatureParams) -> Stability:
     keys = tuple(dict.fromkeys(p.features))
     back = p.days - 1
+    regular = p.min_days > 1
 
     def stable(state: AccountState, as_of: int, value: float | None) -> int:
         day = as_of // DAY_MS
-        if day - back < 0:
-            return day
+        if day - back < 0 or regular:
+            return day  # days of regular use leave the window one by one
         return min(
             _seen_until(state.users, day, back),
             _seen_until(state.adoption_index(keys), day, back),

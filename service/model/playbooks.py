@@ -58,7 +58,8 @@ from schemas.events import parse_timestamp
 from schemas.outputs import BucketChange, HealthScore, PlaybookTrigger, format_utc
 from service.model.scorecard import (
     AllOf,
-    AnyOf,
+    AnyCondition,
+    AtLeast,
     BucketName,
     Compare,
     Condition,
@@ -406,6 +407,8 @@ class _Change(NamedTuple):
     previous_score: float
     drivers: list[dict[str, Any]]
     as_of_ms: int
+    #: The gates that decided the new bucket (dicts of the message's ``gates``).
+    gates: list[dict[str, Any]]
 
 
 ScoreLike = HealthScore | Evaluation | Mapping[str, Any]
@@ -440,6 +443,7 @@ def _change_view(change: ChangeLike) -> _Change:
             change.previous_score,
             [d.model_dump(mode="json") for d in change.drivers],
             parse_timestamp(change.as_of),
+            [g.model_dump(mode="json") for g in change.gates],
         )
     return _Change(
         str(change.get("change_id", "")),
@@ -449,6 +453,7 @@ def _change_view(change: ChangeLike) -> _Change:
         float(change["previous_score"]),
         [dict(d) for d in change.get("drivers", [])],
         parse_timestamp(change["as_of"]),
+        [dict(g) for g in change.get("gates", [])],
     )
 
 
@@ -464,12 +469,18 @@ def _num(value: float | None) -> str:
     return "unknown" if value is None else f"{value:g}"
 
 
-def describe_condition(cond: Compare | AllOf | AnyOf | NotOf) -> str:
+def describe_condition(cond: AnyCondition) -> str:
     """A condition as text: ``a > 1 and (b < 2 or c == 0)``."""
     if isinstance(cond, Compare):
-        return f"{cond.metric} {cond.op} {cond.value:g}"
+        text = f"{cond.metric} {cond.op} {cond.value:g}"
+        if cond.unknown is not None:
+            text += f" (unknown: {str(cond.unknown).lower()})"
+        return text
     if isinstance(cond, NotOf):
         return f"not ({describe_condition(cond.not_)})"
+    if isinstance(cond, AtLeast):
+        inner = ", ".join(describe_condition(p) for p in cond.of)
+        return f"at least {cond.at_least} of ({inner})"
     parts = cond.all if isinstance(cond, AllOf) else cond.any
     joiner = " and " if isinstance(cond, AllOf) else " or "
     texts = [
@@ -582,19 +593,10 @@ def _on_transitions(
     for ch in changes:
         if not trigger.matches(ch.from_bucket, ch.to_bucket):
             continue
-        reason = (
-            f"Moved from {ch.from_bucket} to {ch.to_bucket}: score "
-            f"{ch.previous_score:.1f} -> {ch.score:.1f}"
-        )
-        if ch.drivers:
-            top = ch.drivers[0]
-            reason += (
-                f", mostly {top['metric']} ({_num(top.get('before'))} -> {_num(top.get('after'))})"
-            )
         offers.offer(
             playbook,
             ch.as_of_ms,
-            reason + ".",
+            change_reason(ch),
             {
                 "score": ch.score,
                 "bucket": ch.to_bucket,
@@ -604,8 +606,30 @@ def _on_transitions(
                 "to_bucket": ch.to_bucket,
                 "change_id": ch.change_id,
                 "drivers": ch.drivers,
+                "gates": ch.gates,
             },
         )
+
+
+def change_reason(ch: _Change) -> str:
+    """A bucket change in one sentence for people: the gates that decided it (with
+    their reasons), the score (its move only when it moved) and the main driver.
+
+    ``Moved from green to red: the CSM's live pulse is red; score 98.7.``
+    ``Moved from green to yellow: score 72.0 -> 40.0, mostly Seats in use (0.8 -> 0.3).``
+    """
+    if round(ch.previous_score, 1) != round(ch.score, 1):
+        score = f"score {ch.previous_score:.1f} -> {ch.score:.1f}"
+    else:
+        score = f"score {ch.score:.1f}"
+    reasons = [str(g.get("reason") or g.get("name", "")) for g in ch.gates]
+    details = "; ".join([*(r for r in reasons if r), score])
+    text = f"Moved from {ch.from_bucket} to {ch.to_bucket}: {details}"
+    if ch.drivers:
+        top = ch.drivers[0]
+        name = top.get("label") or top["metric"]
+        text += f", mostly {name} ({_num(top.get('before'))} -> {_num(top.get('after'))})"
+    return text + "."
 
 
 def _on_condition(

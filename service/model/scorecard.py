@@ -36,22 +36,35 @@ from pydantic import (
     model_validator,
 )
 
+from service.model.account_state import PARTS_OF_TYPE
 from service.model.metrics_catalog import (
     CATALOG,
+    FEEDS,
+    FOREVER,
     Extractor,
     ParamsError,
     Stability,
     build_extractor,
     build_stability,
 )
-from service.model.yaml_config import ConfigError, RefError, load_text, parse_model
+from service.model.yaml_config import (
+    ConfigError,
+    RefError,
+    load_mapping,
+    load_text,
+    merge_over,
+    parse_model,
+)
 
 __all__ = [
     "BUCKETS",
     "BUCKET_RANK",
+    "SHIPPED",
     "STAGES",
     "AllOf",
+    "AnyCondition",
     "AnyOf",
+    "AtLeast",
     "Band",
     "BucketName",
     "Buckets",
@@ -75,6 +88,9 @@ __all__ = [
     "default_scorecard",
     "load_scorecard",
     "parse_scorecard",
+    "shipped_scorecard",
+    "shipped_source",
+    "shipped_text",
 ]
 
 BucketName = Literal["green", "yellow", "red"]
@@ -91,6 +107,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Stage = Literal["onboarding", "adoption", "maturity", "renewal"]
+FeedName = Annotated[str, Field(pattern=r"^[a-z_]+$")]
 
 
 class ScorecardError(ConfigError):
@@ -178,15 +195,33 @@ class Normalisation(_Model):
 
 
 class MetricDef(_Model):
-    """A scorecard metric: a catalogue source with parameters and a normalisation."""
+    """A scorecard metric: a catalogue source with parameters and a normalisation.
+
+    ``label`` is the short name people read in scores and bucket changes
+    ("Seats in use, 30 days"); ``description`` says what it measures. A
+    parameter written ``$name`` takes the value ``name`` of the scorecard's
+    ``product`` section (a metric whose product value is not given is unknown).
+    """
 
     source: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     normalise: Normalisation
+    label: Annotated[str, Field(max_length=80)] = ""
     description: str = ""
 
     def source_name(self, metric: str) -> str:
         return self.source or metric
+
+    def short_label(self) -> str:
+        """``label``, else the description up to its first stop (at most 80 characters)."""
+        if self.label:
+            return self.label
+        text = self.description.strip()
+        for stop in (". ", "; ", " (", ": "):
+            if stop in text:
+                text = text[: text.index(stop)]
+        text = text.rstrip(".")
+        return text if len(text) <= 80 else text[:79].rstrip() + "\u2026"
 
 
 class Group(_Model):
@@ -200,11 +235,14 @@ class Group(_Model):
 
 
 class Compare(_Model):
-    """``metric op value``; unknown (``None``) when the metric is missing."""
+    """``metric op value``; unknown (``None``) when the metric is missing, unless
+    ``unknown`` says what a missing metric counts as (``true``: "no touch recorded"
+    counts as "a touch long ago")."""
 
     metric: str
     op: Literal["<", "<=", ">", ">=", "==", "!="]
     value: Finite
+    unknown: bool | None = None
 
 
 class AllOf(_Model):
@@ -225,12 +263,30 @@ class NotOf(_Model):
     not_: Condition = Field(alias="not")
 
 
+class AtLeast(_Model):
+    """True when at least ``at_least`` of ``of`` are true; false when too few can
+    still be (true ones plus unknown ones are fewer); else unknown."""
+
+    at_least: Annotated[int, Field(ge=1)]
+    of: Annotated[list[Condition], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AtLeast:
+        if self.at_least > len(self.of):
+            raise ValueError(f"at_least is {self.at_least} but only {len(self.of)} conditions")
+        return self
+
+
+#: Any condition.
+AnyCondition = Compare | AllOf | AnyOf | NotOf | AtLeast
+
+
 _TAG: Final = "cond:"
 
 
 def _condition_kind(value: Any) -> str:
     if isinstance(value, dict):
-        for key in ("all", "any", "not"):
+        for key in ("all", "any", "not", "at_least"):
             if key in value:
                 return _TAG + key
         return _TAG + "compare"
@@ -240,6 +296,8 @@ def _condition_kind(value: Any) -> str:
         return _TAG + "any"
     if isinstance(value, NotOf):
         return _TAG + "not"
+    if isinstance(value, AtLeast):
+        return _TAG + "at_least"
     return _TAG + "compare"
 
 
@@ -247,13 +305,15 @@ Condition = Annotated[
     Annotated[Compare, Tag(_TAG + "compare")]
     | Annotated[AllOf, Tag(_TAG + "all")]
     | Annotated[AnyOf, Tag(_TAG + "any")]
-    | Annotated[NotOf, Tag(_TAG + "not")],
+    | Annotated[NotOf, Tag(_TAG + "not")]
+    | Annotated[AtLeast, Tag(_TAG + "at_least")],
     Discriminator(_condition_kind),
 ]
 
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotOf.model_rebuild()
+AtLeast.model_rebuild()
 
 
 #: A condition as a function of metric values (three-valued, see ``compile_condition``).
@@ -269,7 +329,7 @@ _OPS: Final[dict[str, Callable[[float, float], bool]]] = {
 }
 
 
-def compile_condition(cond: Compare | AllOf | AnyOf | NotOf) -> CompiledCondition:
+def compile_condition(cond: AnyCondition) -> CompiledCondition:
     """A function equivalent to ``service.model.scoring.evaluate_condition(cond, values)``.
 
     Three-valued: ``None`` when a needed metric is unknown and the answer
@@ -278,11 +338,11 @@ def compile_condition(cond: Compare | AllOf | AnyOf | NotOf) -> CompiledConditio
     of gates); ``evaluate_condition`` stays the reference.
     """
     if isinstance(cond, Compare):
-        metric, op, ref = cond.metric, _OPS[cond.op], cond.value
+        metric, op, ref, unknown = cond.metric, _OPS[cond.op], cond.value, cond.unknown
 
         def compare(values: Mapping[str, float | None]) -> bool | None:
             value = values.get(metric)
-            return None if value is None else op(value, ref)
+            return unknown if value is None else op(value, ref)
 
         return compare
     if isinstance(cond, NotOf):
@@ -307,6 +367,22 @@ def compile_condition(cond: Compare | AllOf | AnyOf | NotOf) -> CompiledConditio
             return None if unknown else True
 
         return all_of
+    if isinstance(cond, AtLeast):
+        needed, counted = cond.at_least, tuple(compile_condition(sub) for sub in cond.of)
+
+        def at_least(values: Mapping[str, float | None]) -> bool | None:
+            true = unknown = 0
+            for part in counted:
+                verdict = part(values)
+                if verdict is None:
+                    unknown += 1
+                elif verdict:
+                    true += 1
+            if true >= needed:
+                return True
+            return False if true + unknown < needed else None
+
+        return at_least
     alternatives = tuple(compile_condition(sub) for sub in cond.any)
 
     def any_of(values: Mapping[str, float | None]) -> bool | None:
@@ -322,7 +398,7 @@ def compile_condition(cond: Compare | AllOf | AnyOf | NotOf) -> CompiledConditio
     return any_of
 
 
-def condition_metrics(cond: Compare | AllOf | AnyOf | NotOf) -> Iterator[str]:
+def condition_metrics(cond: AnyCondition) -> Iterator[str]:
     """Every metric a condition reads, in order of appearance."""
     if isinstance(cond, Compare):
         yield cond.metric
@@ -332,21 +408,30 @@ def condition_metrics(cond: Compare | AllOf | AnyOf | NotOf) -> Iterator[str]:
     elif isinstance(cond, AnyOf):
         for sub in cond.any:
             yield from condition_metrics(sub)
+    elif isinstance(cond, AtLeast):
+        for sub in cond.of:
+            yield from condition_metrics(sub)
     else:
         yield from condition_metrics(cond.not_)
 
 
 class Gate(_Model):
-    """A rule that caps the bucket.
+    """A rule that caps the bucket (``cap``) or lifts it (``lift``).
 
-    ``when: COND`` caps when COND is true; ``unless: COND`` caps when COND is
+    ``when: COND`` fires when COND is true; ``unless: COND`` fires when COND is
     not true (a requirement for the better buckets). ``on_unknown`` says what
     an unknown condition (a missing metric) does: the default is ``skip`` for
     ``when`` (no evidence of the risk) and ``fire`` for ``unless`` (the
     requirement is not shown to hold). ``release`` is the gate's hysteresis:
-    once the gate fired, it keeps capping until ``release`` is true (not
+    once the gate fired, it keeps firing until ``release`` is true (not
     merely until its own condition stops holding), so a metric wobbling
     around the gate's threshold does not flap the bucket.
+
+    A firing ``cap`` gate holds the bucket at ``cap`` or worse; a firing
+    ``lift`` gate raises the score's bucket to ``lift`` when that bucket is one
+    of ``lift_from`` (default: every worse bucket). Lifts apply to the score's
+    bucket first, caps after them: a risk always wins over a lift. ``reason``
+    is shown to people with the score (and in bucket changes and triggers).
     """
 
     name: Name
@@ -354,17 +439,27 @@ class Gate(_Model):
     when: Condition | None = None
     unless: Condition | None = None
     release: Condition | None = None
-    cap: Literal["yellow", "red"]
+    cap: Literal["yellow", "red"] | None = None
+    lift: Literal["yellow", "green"] | None = None
+    lift_from: Annotated[list[Literal["yellow", "red"]], Field(min_length=1)] | None = None
     on_unknown: Literal["fire", "skip"] | None = None
 
     @model_validator(mode="after")
     def _one_condition(self) -> Gate:
         if (self.when is None) == (self.unless is None):
             raise ValueError("a gate needs exactly one of 'when' or 'unless'")
+        if (self.cap is None) == (self.lift is None):
+            raise ValueError("a gate needs exactly one of 'cap' or 'lift'")
+        if self.lift_from is not None:
+            if self.lift is None:
+                raise ValueError("'lift_from' belongs to a 'lift' gate")
+            for bucket in self.lift_from:
+                if BUCKET_RANK[bucket] >= BUCKET_RANK[self.lift]:
+                    raise ValueError(f"lift_from: {bucket} is not below {self.lift}")
         return self
 
     @property
-    def condition(self) -> Compare | AllOf | AnyOf | NotOf:
+    def condition(self) -> AnyCondition:
         cond = self.when if self.when is not None else self.unless
         assert cond is not None
         return cond
@@ -374,6 +469,26 @@ class Gate(_Model):
         if self.on_unknown is not None:
             return self.on_unknown == "fire"
         return self.unless is not None
+
+    @property
+    def effect(self) -> Literal["cap", "lift"]:
+        return "cap" if self.cap is not None else "lift"
+
+    @property
+    def bucket(self) -> BucketName:
+        """The bucket the gate caps at or lifts to."""
+        bucket = self.cap if self.cap is not None else self.lift
+        assert bucket is not None
+        return bucket
+
+    @property
+    def lifts_from(self) -> frozenset[int]:
+        """Ranks (``BUCKET_RANK``) of the buckets a lift gate raises."""
+        if self.lift is None:
+            return frozenset()
+        if self.lift_from is not None:
+            return frozenset(BUCKET_RANK[b] for b in self.lift_from)
+        return frozenset(r for r in BUCKET_RANK.values() if r < BUCKET_RANK[self.lift])
 
 
 # ----------------------------------------------------- buckets, grades, policy
@@ -447,27 +562,58 @@ class MissingData(_Model):
 
 
 class ProfileWhen(_Model):
-    """Which accounts a profile applies to; both lists given = both must match."""
+    """Which accounts a profile applies to; every condition given must match.
+
+    ``min_tenure_days`` / ``max_tenure_days``: whole days since the snapshot's
+    ``customer_since`` (an account without it matches no tenure condition).
+    """
 
     stages: Annotated[list[Stage], Field(min_length=1)] | None = None
     segments: Annotated[list[NonEmpty], Field(min_length=1)] | None = None
+    min_tenure_days: Annotated[int, Field(ge=0)] | None = None
+    max_tenure_days: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _something(self) -> ProfileWhen:
-        if self.stages is None and self.segments is None:
-            raise ValueError("give stages and/or segments")
+        if (
+            self.stages is None
+            and self.segments is None
+            and self.min_tenure_days is None
+            and self.max_tenure_days is None
+        ):
+            raise ValueError("give stages, segments and/or min_tenure_days / max_tenure_days")
+        if (
+            self.min_tenure_days is not None
+            and self.max_tenure_days is not None
+            and self.max_tenure_days < self.min_tenure_days
+        ):
+            raise ValueError("max_tenure_days is below min_tenure_days")
         return self
 
-    def matches(self, stage: str | None, segment: str | None) -> bool:
+    @property
+    def uses_tenure(self) -> bool:
+        return self.min_tenure_days is not None or self.max_tenure_days is not None
+
+    def matches(self, stage: str | None, segment: str | None, tenure_days: int | None) -> bool:
         if self.stages is not None and stage not in self.stages:
             return False
-        return self.segments is None or segment in self.segments
+        if self.segments is not None and segment not in self.segments:
+            return False
+        if self.uses_tenure:
+            if tenure_days is None:
+                return False
+            if self.min_tenure_days is not None and tenure_days < self.min_tenure_days:
+                return False
+            if self.max_tenure_days is not None and tenure_days > self.max_tenure_days:
+                return False
+        return True
 
 
 class Profile(_Model):
-    """Overrides for matching accounts. ``groups``, ``buckets``, ``grades``,
-    ``gates`` and ``missing_data`` replace the default's; ``normalise`` is
-    merged per metric."""
+    """Overrides for matching accounts. ``groups``, ``buckets``, ``grades`` and
+    ``missing_data`` replace the default's; ``normalise`` is merged per metric;
+    ``gates`` are merged by name (a gate named like a default gate replaces it,
+    a new name is added) and ``drop_gates`` removes default gates."""
 
     name: Name
     description: str = ""
@@ -477,6 +623,7 @@ class Profile(_Model):
     buckets: Buckets | None = None
     grades: Grades | None = None
     gates: list[Gate] | None = None
+    drop_gates: list[Name] | None = None
     missing_data: MissingData | None = None
 
 
@@ -506,9 +653,60 @@ class ResolvedProfile:
     reads: tuple[int, ...] = ()
     #: How long each metric's value lasts without events, same order.
     stables: tuple[Stability, ...] = ()
+    #: metric -> short label for people (every metric in ``metrics``).
+    labels: Mapping[str, str] = field(default_factory=dict)
     #: Scratch space for forms compiled from this profile by their users
     #: (``service.model.scoring`` keeps its evaluation plan here); not compared.
     compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class Feeds(_Model):
+    """Which input feeds every account has.
+
+    A metric whose catalogue source reads a feed (support tickets, surveys,
+    CSM touches, contract events...) is unknown for an account that never
+    sent an event of that feed, unless the feed is listed in ``connected``:
+    then silence on it is data (no ticket ever means no open ticket).
+    """
+
+    connected: list[FeedName] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known(self) -> Feeds:
+        for feed in self.connected:
+            if feed not in FEEDS:
+                raise ValueError(f"unknown feed {feed!r} (feeds: {', '.join(FEEDS)})")
+        return self
+
+
+def _unknown(state: Any, as_of: int) -> float | None:
+    return None
+
+
+def _unknown_lasts(state: Any, as_of: int, value: float | None) -> int:
+    return FOREVER
+
+
+def _fed(
+    extractor: Extractor, stable: Stability, feeds: tuple[str, ...]
+) -> tuple[Extractor, Stability]:
+    """``extractor`` unknown, and its unknown lasting, until a ``feeds`` event was applied."""
+
+    def extract(state: Any, as_of: int) -> float | None:
+        counts = state.counts
+        for feed in feeds:
+            if feed in counts:
+                return extractor(state, as_of)
+        return None
+
+    def lasts(state: Any, as_of: int, value: float | None) -> int:
+        counts = state.counts
+        for feed in feeds:
+            if feed in counts:
+                return stable(state, as_of, value)
+        return FOREVER  # until an event of the feed (which recomputes it)
+
+    return extract, lasts
 
 
 def _version(value: Any) -> Any:
@@ -529,8 +727,14 @@ class Scorecard(_Model):
         BeforeValidator(_version),
     ]
     description: str = ""
+    #: The shipped scorecard or file this one was merged over (see ``parse_scorecard``).
+    extends: str | None = None
     #: Timer cadence on the event-time clock (see docs/scorecard.md, "Rescoring").
     rescore_interval_minutes: Annotated[int, Field(ge=1, le=1440)] = 60
+    #: What only the user knows about their product (key features, outcome KPI),
+    #: referenced from metric parameters as ``$name``.
+    product: dict[str, Any] = Field(default_factory=dict)
+    feeds: Feeds = Field(default_factory=lambda: Feeds())
     metrics: Annotated[dict[str, MetricDef], Field(min_length=1)]
     groups: Annotated[dict[str, Group], Field(min_length=1)]
     buckets: Buckets
@@ -540,6 +744,9 @@ class Scorecard(_Model):
     profiles: list[Profile] = Field(default_factory=list)
 
     _extractors: dict[str, Extractor] = PrivateAttr(default_factory=dict)
+    _labels: dict[str, str] = PrivateAttr(default_factory=dict)
+    _unconfigured: set[str] = PrivateAttr(default_factory=set)
+    _regular: frozenset[str] = PrivateAttr(default_factory=frozenset)
     _reads: dict[str, int] = PrivateAttr(default_factory=dict)
     _stables: dict[str, Stability] = PrivateAttr(default_factory=dict)
     _resolved: list[tuple[ProfileWhen | None, ResolvedProfile]] = PrivateAttr(default_factory=list)
@@ -558,21 +765,67 @@ class Scorecard(_Model):
                     _join("metrics", metric, where),
                     f"unknown metric source {source!r} (known: {', '.join(sorted(CATALOG))})",
                 )
+            params = self._product_params(metric, definition.params)
+            if params is None:
+                # A product value it needs is not given: unknown, never 0.
+                self._unconfigured.add(metric)
+                self._extractors[metric] = _unknown
+                self._reads[metric] = 0
+                self._stables[metric] = _unknown_lasts
+                continue
             try:
-                self._extractors[metric] = build_extractor(source, definition.params)
-                self._reads[metric] = CATALOG[source].dependencies
-                self._stables[metric] = build_stability(source, definition.params)
+                extractor = build_extractor(source, params)
+                stable = build_stability(source, params)
             except ParamsError as exc:
                 raise RefError(_join("metrics", metric, "params", exc.field), exc.reason) from None
+            if source == "key_feature_adoption" and params.get("min_days", 1) > 1:
+                self._regular = self._regular | frozenset(params["features"])
+            reads = CATALOG[source].dependencies
+            feeds = CATALOG[source].feeds
+            if feeds and not any(f in self.feeds.connected for f in feeds):
+                # None of its feeds is declared connected: unknown for an account
+                # that never sent one of them (not perfect). The first event of a
+                # feed must recompute it, so it reads what such events change.
+                extractor, stable = _fed(extractor, stable, feeds)
+                for feed in feeds:
+                    reads |= PARTS_OF_TYPE[feed]
+            self._extractors[metric] = extractor
+            self._reads[metric] = reads
+            self._stables[metric] = stable
         self._check_profile("", self.groups, None, self.gates)
         names: set[str] = set()
+        default_gates = {gate.name for gate in self.gates}
         for i, profile in enumerate(self.profiles):
             if profile.name == "default" or profile.name in names:
                 raise RefError(f"profiles.{i}.name", f"duplicate profile name {profile.name!r}")
             names.add(profile.name)
+            for j, dropped in enumerate(profile.drop_gates or []):
+                if dropped not in default_gates:
+                    raise RefError(
+                        f"profiles.{i}.drop_gates.{j}",
+                        f"no default gate named {dropped!r} to drop",
+                    )
             self._check_profile(f"profiles.{i}.", profile.groups, profile.normalise, profile.gates)
         self._resolve()
         return self
+
+    def _product_params(self, metric: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``params`` with every ``$name`` replaced by ``product[name]``; ``None``
+        when a referenced product value is absent, null or empty."""
+        resolved: dict[str, Any] = {}
+        for key, value in params.items():
+            if isinstance(value, str) and value.startswith("$"):
+                name = value[1:]
+                if not _is_name(name):
+                    raise RefError(
+                        f"metrics.{metric}.params.{key}",
+                        f"{value!r}: a product reference is $ and a lower_snake_case name",
+                    )
+                value = self.product.get(name)
+                if value is None or value == [] or value == "":
+                    return None
+            resolved[key] = value
+        return resolved
 
     def _check_profile(
         self,
@@ -598,7 +851,11 @@ class Scorecard(_Model):
         for metric in normalise or {}:
             if metric not in self.metrics:
                 raise RefError(f"{prefix}normalise.{metric}", f"unknown metric {metric!r}")
+        seen_gates: set[str] = set()
         for i, gate in enumerate(gates or []):
+            if gate.name in seen_gates:
+                raise RefError(f"{prefix}gates.{i}.name", f"duplicate gate name {gate.name!r}")
+            seen_gates.add(gate.name)
             parts = [("when" if gate.when is not None else "unless", gate.condition)]
             if gate.release is not None:
                 parts.append(("release", gate.release))
@@ -625,7 +882,7 @@ class Scorecard(_Model):
                         profile.normalise or {},
                         profile.buckets or self.buckets,
                         profile.grades or self.grades,
-                        profile.gates if profile.gates is not None else self.gates,
+                        _merged_gates(self.gates, profile.gates, profile.drop_gates),
                         profile.missing_data or self.missing_data,
                     ),
                 )
@@ -672,14 +929,17 @@ class Scorecard(_Model):
             scorers={m: n.compile() for m, n in merged.items()},
             reads=tuple(self._reads[m] for m in metrics),
             stables=tuple(self._stables[m] for m in metrics),
+            labels={m: self.label(m) for m in metrics},
         )
 
     # ------------------------------------------------------------------ use
 
-    def profile_for(self, stage: str | None, segment: str | None) -> ResolvedProfile:
+    def profile_for(
+        self, stage: str | None, segment: str | None, tenure_days: int | None = None
+    ) -> ResolvedProfile:
         """The first profile (in file order) whose ``when`` matches, else the default."""
         for when, profile in self._resolved:
-            if when is None or when.matches(stage, segment):
+            if when is None or when.matches(stage, segment, tenure_days):
                 return profile
         raise AssertionError("the default profile always matches")  # pragma: no cover
 
@@ -691,6 +951,35 @@ class Scorecard(_Model):
     def extractor(self, metric: str) -> Extractor:
         """The bound extractor of a defined metric."""
         return self._extractors[metric]
+
+    @functools.cached_property
+    def uses_tenure(self) -> bool:
+        """Whether a profile is chosen by tenure (it then depends on the as-of day)."""
+        return any(p.when.uses_tenure for p in self.profiles)
+
+    def label(self, metric: str) -> str:
+        """A short human label of ``metric`` (its ``label``, else derived from its
+        ``description``, else the metric id)."""
+        labels = self._labels
+        found = labels.get(metric)
+        if found is None:
+            definition = self.metrics.get(metric)
+            found = labels[metric] = (
+                metric if definition is None else definition.short_label() or metric
+            )
+        return found
+
+    @property
+    def regular_features(self) -> frozenset[str]:
+        """Features whose days of use accounts must keep: the key features of
+        metrics that ask for regular use (``min_days`` above 1)."""
+        return self._regular
+
+    @property
+    def unconfigured(self) -> list[str]:
+        """Metrics that need a ``product`` value the scorecard does not give
+        (always unknown until it does)."""
+        return sorted(self._unconfigured)
 
     @property
     def rescore_interval_ms(self) -> int:
@@ -709,6 +998,18 @@ class Scorecard(_Model):
             "profiles": [p.name for p in self.profiles],
             "rescore_interval_minutes": self.rescore_interval_minutes,
         }
+
+
+def _merged_gates(
+    default: list[Gate], profile: list[Gate] | None, dropped: list[str] | None
+) -> list[Gate]:
+    """The default's gates with the profile's merged in by name (replacing in
+    place, new ones appended), minus the dropped ones."""
+    by_name = {gate.name: gate for gate in profile or []}
+    merged = [by_name.pop(gate.name, gate) for gate in default]
+    merged.extend(by_name.values())
+    gone = set(dropped or ())
+    return [gate for gate in merged if gate.name not in gone]
 
 
 _NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*")
@@ -730,22 +1031,91 @@ def _error_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(root)"
 
 
+#: Shipped scorecards (package data) that ``extends`` and the command line may name.
+SHIPPED: Final = ("default", "demo", "adoption-rule")
+_EXTENDS_DEPTH: Final = 8
+
+
 def parse_scorecard(text: str, source: str = "<string>") -> Scorecard:
-    """Parse and validate scorecard YAML; raises :class:`ScorecardError`."""
+    """Parse and validate scorecard YAML; raises :class:`ScorecardError`.
+
+    A file with ``extends: NAME`` is merged over the shipped scorecard NAME (or
+    over the file NAME, relative to this one): mappings key by key, lists of
+    named items (profiles, gates) by name, other values replaced. It must give
+    its own ``name``.
+    """
+
+    def prepare(data: dict[str, Any]) -> dict[str, Any]:
+        return _resolve_extends(data, source, 0)
+
     return parse_model(
-        Scorecard, text, source, ScorecardError, what="a scorecard", path_of=_error_path
+        Scorecard,
+        text,
+        source,
+        ScorecardError,
+        what="a scorecard",
+        path_of=_error_path,
+        prepare=prepare,
     )
 
 
+def _resolve_extends(data: dict[str, Any], source: str, depth: int) -> dict[str, Any]:
+    base_name = data.get("extends")
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str) or not base_name:
+        raise RefError("extends", "give a shipped scorecard name or a file path")
+    if "name" not in data:
+        raise RefError("name", "a scorecard that extends another needs its own name")
+    if depth >= _EXTENDS_DEPTH:
+        raise RefError("extends", f"more than {_EXTENDS_DEPTH} levels of extends (a cycle?)")
+    base_source, base_text = _base_text(base_name, source)
+    base = load_mapping(base_text, base_source, ScorecardError, what="a scorecard")
+    base = _resolve_extends(base, base_source, depth + 1)
+    merged = merge_over(base, data)
+    assert isinstance(merged, dict)
+    merged["extends"] = base_name
+    return merged
+
+
+def _base_text(name: str, source: str) -> tuple[str, str]:
+    if name in SHIPPED:
+        return shipped_source(name), shipped_text(name)
+    path = Path(name)
+    if not path.is_absolute() and not source.startswith("<"):
+        path = Path(source).parent / path
+    try:
+        return str(path), path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RefError("extends", f"{name}: {reason}") from None
+
+
+def shipped_source(name: str) -> str:
+    """The display path of a shipped scorecard."""
+    return f"service/model/scorecards/{name}.yaml"
+
+
+def shipped_text(name: str) -> str:
+    """The YAML text of the shipped scorecard ``name`` (one of :data:`SHIPPED`)."""
+    resource = importlib.resources.files("service.model.scorecards") / f"{name}.yaml"
+    return resource.read_text(encoding="utf-8")
+
+
 def load_scorecard(path: str | Path) -> Scorecard:
-    """Read and validate a scorecard file; raises :class:`ScorecardError`."""
+    """Read and validate a scorecard file, or a shipped scorecard by name
+    (``default``, ``demo``...); raises :class:`ScorecardError`."""
+    if str(path) in SHIPPED:
+        return shipped_scorecard(str(path))
     return parse_scorecard(load_text(path, ScorecardError), str(path))
 
 
 @functools.cache
+def shipped_scorecard(name: str) -> Scorecard:
+    """A scorecard shipped in ``service/model/scorecards/`` (one of :data:`SHIPPED`)."""
+    return parse_scorecard(shipped_text(name), shipped_source(name))
+
+
 def default_scorecard() -> Scorecard:
     """The scorecard shipped in ``service/model/scorecards/default.yaml``."""
-    resource = importlib.resources.files("service.model.scorecards") / "default.yaml"
-    return parse_scorecard(
-        resource.read_text(encoding="utf-8"), "service/model/scorecards/default.yaml"
-    )
+    return shipped_scorecard("default")

@@ -56,7 +56,9 @@ from schemas.outputs import (
     BucketChange,
     Component,
     Driver,
+    GateOut,
     HealthScore,
+    Pulse,
     ScorecardRef,
     Trend,
     format_utc,
@@ -79,7 +81,9 @@ from service.model.scorecard import (
     BUCKET_RANK,
     BUCKETS,
     AllOf,
+    AnyCondition,
     AnyOf,
+    AtLeast,
     BucketName,
     Buckets,
     Compare,
@@ -95,9 +99,12 @@ from service.model.windows import DAY_MS, day_of
 
 __all__ = [
     "MAX_DRIVERS",
+    "SCORE_SCHEMA_VERSION",
     "UNKNOWN_STAGE",
     "ComponentResult",
     "Evaluation",
+    "GateResult",
+    "PulseView",
     "Step",
     "change_id",
     "due_ticks",
@@ -112,6 +119,8 @@ __all__ = [
     "score_json",
 ]
 
+#: ``schema_version`` of the score messages built here.
+SCORE_SCHEMA_VERSION: Final = 2
 #: Stage reported when the account snapshot has no lifecycle_stage.
 UNKNOWN_STAGE: Final = "unknown"
 #: Drivers named in a bucket change.
@@ -139,6 +148,41 @@ class ComponentResult(NamedTuple):
     contribution: float
 
 
+class GateResult(NamedTuple):
+    """A gate that fired: its reason, what it does (``cap`` or ``lift``) and to
+    which bucket, and whether it decided the account's bucket."""
+
+    name: str
+    reason: str
+    effect: Literal["cap", "lift"]
+    bucket: BucketName
+    decided: bool
+
+
+class PulseView(NamedTuple):
+    """A live CSM pulse, as a score shows it."""
+
+    rating: str
+    reason: str
+    author: str | None
+    expires_at: int
+
+
+class _CompiledGate(NamedTuple):
+    name: str
+    condition: CompiledCondition
+    is_when: bool
+    on_unknown: bool
+    release: CompiledCondition | None
+    #: Rank it caps at (2: no cap), rank it lifts to (-1: no lift).
+    cap: int
+    lift: int
+    lifts_from: frozenset[int]
+    #: Its GateResult when it fired without / with deciding the bucket.
+    undecided: GateResult
+    decided: GateResult
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Everything a score is made of; deterministic in (state, as_of, scorecard)."""
@@ -152,6 +196,8 @@ class Evaluation:
     profile: str
     scorecard: tuple[str, str]
     components: tuple[ComponentResult, ...]
+    #: Per component: the metric's label for people.
+    labels: tuple[str, ...]
     #: Every metric evaluated (weighted and gate-only); ``None`` = unknown.
     values: Mapping[str, float | None]
     missing: tuple[str, ...]
@@ -160,9 +206,14 @@ class Evaluation:
     low_confidence: bool
     #: Bucket from score and hysteresis alone, before gates and policy.
     score_bucket: BucketName
-    #: Gates whose cap is below ``score_bucket`` (they decided the bucket).
-    capping_gates: tuple[str, ...]
+    #: Gates that decided the bucket: caps below the (lifted) score bucket,
+    #: lifts that raised it.
+    deciding_gates: tuple[str, ...]
     gates_fired: tuple[str, ...]
+    #: Every fired gate with its reason, in scorecard order.
+    gates: tuple[GateResult, ...]
+    #: The CSM pulse in effect at ``as_of`` (not expired), if any.
+    pulse: PulseView | None
     delta_7d: float | None
     delta_30d: float | None
 
@@ -213,16 +264,15 @@ class Step:
 # ------------------------------------------------------------------ pieces
 
 
-def evaluate_condition(
-    cond: Compare | AllOf | AnyOf | NotOf, values: Mapping[str, float | None]
-) -> bool | None:
+def evaluate_condition(cond: AnyCondition, values: Mapping[str, float | None]) -> bool | None:
     """Three-valued: ``None`` when a needed metric is unknown and the answer
     depends on it (``all`` with a false part is false, ``any`` with a true
-    part is true, whatever is unknown)."""
+    part is true, whatever is unknown), unless a comparison says what its
+    unknown metric counts as."""
     if isinstance(cond, Compare):
         value = values.get(cond.metric)
         if value is None:
-            return None
+            return cond.unknown
         op, ref = cond.op, cond.value
         if op == "<":
             return value < ref
@@ -238,6 +288,11 @@ def evaluate_condition(
     if isinstance(cond, NotOf):
         inner = evaluate_condition(cond.not_, values)
         return None if inner is None else not inner
+    if isinstance(cond, AtLeast):
+        verdicts = [evaluate_condition(sub, values) for sub in cond.of]
+        if verdicts.count(True) >= cond.at_least:
+            return True
+        return False if len(verdicts) - verdicts.count(False) < cond.at_least else None
     parts = [
         evaluate_condition(sub, values)
         for sub in (cond.all if isinstance(cond, AllOf) else cond.any)
@@ -325,6 +380,7 @@ class _Plan:
         "grade_floors",
         "green",
         "hysteresis",
+        "labels",
         "metric_bits",
         "metrics",
         "name",
@@ -363,6 +419,8 @@ class _Plan:
             profile.scorers[m] for m in weighted
         )
         self.nones = tuple(ComponentResult(m, None, 0.0, 0.0, 0.0) for m in weighted)
+        #: Per component: the metric's label for people.
+        self.labels = tuple(profile.labels.get(m, m) for m in weighted)
         #: Per gate: bits (``metrics`` positions) of the metrics it reads.
         gate_bits = []
         for gate in profile.gates:
@@ -371,16 +429,18 @@ class _Plan:
                 read.extend(condition_metrics(gate.release))
             gate_bits.append(sum({1 << position[metric] for metric in read}))
         self.gate_bits = tuple(gate_bits)
-        self.gates: tuple[
-            tuple[str, CompiledCondition, bool, bool, CompiledCondition | None, int], ...
-        ] = tuple(
-            (
+        self.gates: tuple[_CompiledGate, ...] = tuple(
+            _CompiledGate(
                 gate.name,
                 compile_condition(gate.condition),
                 gate.when is not None,
                 gate.fires_on_unknown,
                 None if gate.release is None else compile_condition(gate.release),
-                BUCKET_RANK[gate.cap],
+                BUCKET_RANK[gate.cap] if gate.cap is not None else 2,
+                BUCKET_RANK[gate.lift] if gate.lift is not None else -1,
+                gate.lifts_from,
+                GateResult(gate.name, gate.reason, gate.effect, gate.bucket, False),
+                GateResult(gate.name, gate.reason, gate.effect, gate.bucket, True),
             )
             for gate in profile.gates
         )
@@ -585,7 +645,10 @@ class _GateVerdict(NamedTuple):
     rank: int
     verdicts: list[tuple[bool, bool]]
     fired: list[str]
-    capping: list[str]
+    #: Cap gates below the (lifted) score bucket, and lift gates that raised it.
+    deciding: list[str]
+    #: Every fired gate, in scorecard order.
+    results: list[GateResult]
 
 
 def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluation:
@@ -602,7 +665,12 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
     stage = stage_entry[0] if stage_entry is not None else None
     segment = segment_entry[0] if segment_entry is not None else None
     memory: _Memory | None = state._scoring
-    if (
+    day = as_of // DAY_MS
+    if scorecard.uses_tenure:
+        since = snapshot.get("customer_since")
+        tenure = None if since is None else max(0, day - since[0] // DAY_MS)
+        plan = _plan(scorecard.profile_for(stage, segment, tenure))
+    elif (
         memory is not None
         and memory.scorecard is scorecard
         and memory.stage == stage
@@ -611,7 +679,6 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
         plan = memory.plan
     else:
         plan = _plan(scorecard.profile_for(stage, segment))
-    day = as_of // DAY_MS
 
     # Memory is usable for the same or a later day unless compaction removed
     # days that day's metrics read.
@@ -669,18 +736,21 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
             "as_of": as_of,
             "score": score,
             "bucket": _RANKED[rank],
-            "grade": _grade(score, plan.grade_floors),
+            "grade": _grade(_within_bucket(score, rank, plan), plan.grade_floors),
             "stage": stage or UNKNOWN_STAGE,
             "profile": plan.name,
             "scorecard": (scorecard.name, scorecard.version),
             "components": tuple(metrics.components),
+            "labels": plan.labels,
             "values": values,
             "missing": metrics.missing,
             "weight_share": round(metrics.share, 4),
             "low_confidence": low_confidence,
             "score_bucket": _RANKED[score_rank],
-            "capping_gates": tuple(gates.capping),
+            "deciding_gates": tuple(gates.deciding),
             "gates_fired": tuple(gates.fired),
+            "gates": tuple(gates.results),
+            "pulse": _live_pulse(state.pulse, as_of),
             "delta_7d": _delta(score, _score_then(history, day - 7)),
             "delta_30d": _delta(score, _score_then(history, day - 30)),
             "_models": metrics.models,
@@ -824,17 +894,16 @@ def _judge_gates(
     moved: int,
     score_rank: int,
 ) -> _GateVerdict:
-    """Which gates fire, and the bucket rank they leave.
+    """Which gates fire, and the bucket rank they leave: lifts raise the score's
+    bucket first, then caps lower it (a risk always wins over a lift).
 
     A gate's verdict is kept while the values it reads and whether it is held
     (fired last time) are the same as at the last evaluation.
     """
     verdicts: list[tuple[bool, bool]] = []
-    rank = score_rank
-    fired: list[str] = []
-    capping: list[str] = []
-    for g, (name, condition, is_when, on_unknown, release, cap) in enumerate(plan.gates):
-        was_held = name in held
+    firing: list[_CompiledGate] = []
+    for g, gate in enumerate(plan.gates):
+        was_held = gate.name in held
         if (
             previous_verdicts is not None
             and not moved & plan.gate_bits[g]
@@ -842,26 +911,58 @@ def _judge_gates(
         ):
             fires = previous_verdicts[g][1]
         else:
-            verdict = condition(values)
+            verdict = gate.condition(values)
             if verdict is None:
-                fires = on_unknown
-            elif is_when:
+                fires = gate.on_unknown
+            elif gate.is_when:
                 fires = verdict
             else:
                 fires = not verdict
-            if not fires and release is not None and was_held:
+            if not fires and gate.release is not None and was_held:
                 # Gate hysteresis: a firing gate holds until its release is true.
                 # Idempotent like the bucket hysteresis: re-evaluating with the
                 # gates this returns gives the same gates.
-                fires = release(values) is not True
+                fires = gate.release(values) is not True
         verdicts.append((was_held, fires))
         if fires:
-            fired.append(name)
-            if cap < score_rank:
-                capping.append(name)
-            if cap < rank:
-                rank = cap
-    return _GateVerdict(rank, verdicts, fired, capping)
+            firing.append(gate)
+    if not firing:
+        return _GateVerdict(score_rank, verdicts, [], [], [])
+    lifted = score_rank
+    for gate in firing:
+        if gate.lift > lifted and score_rank in gate.lifts_from:
+            lifted = gate.lift
+    rank = lifted
+    for gate in firing:
+        if gate.cap < rank:
+            rank = gate.cap
+    deciding: list[str] = []
+    results: list[GateResult] = []
+    for gate in firing:
+        decided = gate.cap < lifted or (gate.lift > score_rank and score_rank in gate.lifts_from)
+        if decided:
+            deciding.append(gate.name)
+        results.append(gate.decided if decided else gate.undecided)
+    return _GateVerdict(rank, verdicts, [gate.name for gate in firing], deciding, results)
+
+
+def _within_bucket(score: float, rank: int, plan: _Plan) -> float:
+    """The score moved into its bucket's range, for the grade: a gated, lifted
+    or hysteresis-held account is graded like the nearest score of its bucket
+    (a red account is never graded A)."""
+    if rank == 2:
+        return score if score >= plan.green else plan.green
+    if rank == 1:
+        if score < plan.yellow:
+            return plan.yellow
+        return score if score < plan.green else math.nextafter(plan.green, 0.0)
+    return score if score < plan.yellow else math.nextafter(plan.yellow, 0.0)
+
+
+def _live_pulse(pulse: list[Any] | None, as_of: int) -> PulseView | None:
+    if pulse is None or as_of >= pulse[3]:
+        return None
+    return PulseView(pulse[0], pulse[1], pulse[4] if len(pulse) > 4 else None, pulse[3])
 
 
 def _grade(score: float, floors: tuple[float, float, float, float]) -> GradeName:
@@ -940,35 +1041,79 @@ def _drivers(
     scorecard: Scorecard,
     *,
     down: bool,
+    previous_score: float,
+    previous_gates: Iterable[str],
 ) -> list[Driver]:
     """Metrics that moved the account since it entered its previous bucket.
 
-    First the metrics of the gates that now cap the bucket (when their value
-    changed), then the metrics whose value changed and whose contribution
-    moved in the direction of the change, largest first; ties by name. At
-    most MAX_DRIVERS.
+    A metric drives the change when its own 0-100 score moved in the change's
+    direction (a metric that became known with a score below the previous
+    total, or stopped being known with one above it, pulls the total down; the
+    mirror image pulls it up). A metric whose score did not move, or moved the
+    other way, is never named, even if its contribution moved because other
+    metrics appeared or went missing. First the metrics of the gates that
+    decide the new bucket or stopped firing (when their value changed), then
+    by contribution change, largest first; ties by name. At most MAX_DRIVERS.
     """
     after = _baseline(ev)
     profile = {p.name: p for p in scorecard.resolved_profiles}[ev.profile]
+    scorers = profile.scorers
+    still = set(ev.gates_fired)
+    was = set(previous_gates)
     cause: set[str] = set()
     for gate in profile.gates:
-        if gate.name in ev.capping_gates:
+        if gate.name in ev.deciding_gates or (gate.name in was and gate.name not in still):
             cause.update(condition_metrics(gate.condition))
     rows: list[tuple[int, float, str, Driver]] = []
     for metric in dict.fromkeys([*before, *after]):
         v0, c0 = before.get(metric, (None, 0.0))
         v1, c1 = after.get(metric, (None, 0.0))
+        if v0 == v1:
+            continue
         delta = round(c1 - c0, 2)
-        gate_moved = metric in cause and v0 != v1
-        # A metric whose value stayed put did not drive anything, even if its
-        # contribution moved because other metrics appeared or went missing.
-        toward = v0 != v1 and (delta < 0 if down else delta > 0)
+        gate_moved = metric in cause
+        toward = False
+        scorer = scorers.get(metric)
+        if scorer is not None and (c0 != 0.0 or c1 != 0.0):
+            pull = _pull(
+                None if v0 is None else scorer(v0),
+                None if v1 is None else scorer(v1),
+                previous_score,
+            )
+            toward = pull < 0 if down else pull > 0
         if not (gate_moved or toward):
             continue
-        driver = Driver(metric=metric, before=v0, after=v1, contribution_delta=delta)
+        driver = Driver(
+            metric=metric,
+            label=scorecard.label(metric),
+            before=v0,
+            after=v1,
+            contribution_delta=delta,
+        )
         rows.append((0 if gate_moved else 1, -abs(delta), metric, driver))
     rows.sort(key=lambda row: row[:3])
     return [row[3] for row in rows[:MAX_DRIVERS]]
+
+
+def _pull(s0: float | None, s1: float | None, total: float) -> float:
+    """Which way a metric's own score moved the total: its change when known
+    before and after; its distance from the total when it appeared (or, negated,
+    when it went missing)."""
+    if s0 is not None and s1 is not None:
+        return s1 - s0
+    if s1 is not None:
+        return s1 - total
+    if s0 is not None:
+        return total - s0
+    return 0.0
+
+
+def _gate_outs(ev: Evaluation, *, decided_only: bool) -> list[GateOut]:
+    return [
+        GateOut(name=g.name, reason=g.reason, effect=g.effect, bucket=g.bucket, decided=g.decided)
+        for g in ev.gates
+        if g.decided or not decided_only
+    ]
 
 
 def _rescore(
@@ -1010,7 +1155,10 @@ def _rescore(
                 ev,
                 scorecard,
                 down=BUCKET_RANK[ev.bucket] < BUCKET_RANK[previous_bucket],
+                previous_score=previous_score if previous_score is not None else ev.score,
+                previous_gates=state.gates,
             ),
+            gates=_gate_outs(ev, decided_only=True),
             as_of=format_utc(as_of),
         )
         state.baseline = _baseline(ev)
@@ -1042,9 +1190,10 @@ def health_score(ev: Evaluation, *, now_ms: int | None = None) -> HealthScore:
     if cached is None:
         cached = [None] * len(ev.components)
     models = cast("list[Component]", cached.copy())  # the Nones are filled below
+    labels = ev.labels
     for i, model in enumerate(cached):
         if model is None:  # (not `None in models`: that calls each model's __eq__)
-            model = _component_model(ev.components[i])
+            model = _component_model(ev.components[i], labels[i])
             if model is None:
                 return _validated_health_score(ev, computed)
             models[i] = cached[i] = model
@@ -1060,14 +1209,17 @@ def health_score(ev: Evaluation, *, now_ms: int | None = None) -> HealthScore:
             "bucket": ev.bucket,
             "grade": ev.grade,
             "stage": ev.stage,
+            "profile": ev.profile,
             "scorecard": _scorecard_ref(ev.scorecard),
             "components": models,
             "missing": list(ev.missing),
+            "gates": _gate_outs(ev, decided_only=False) if ev.gates else [],
+            "pulse": None if ev.pulse is None else _pulse_model(ev.pulse),
             "trend": _model(Trend, {"delta_7d": delta_7d, "delta_30d": delta_30d}, _TREND_SET),
             "as_of": _utc(ev.as_of),
             "computed_at": _utc(computed),
             "low_confidence": ev.low_confidence,
-            "schema_version": 1,
+            "schema_version": SCORE_SCHEMA_VERSION,
         },
         _HEALTH_SCORE_SET,
     )
@@ -1084,7 +1236,7 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
     """
     computed = int(time.time() * 1000) if now_ms is None else now_ms
     components = []
-    for c in ev.components:
+    for c, label in zip(ev.components, ev.labels, strict=True):
         rounded = _rounded_component(c)
         if rounded is None:
             return to_json(health_score(ev, now_ms=computed))
@@ -1092,6 +1244,7 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
         components.append(
             {
                 "metric": metric,
+                "label": label,
                 "value": value,
                 "score": score,
                 "weight": weight,
@@ -1101,6 +1254,7 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
     if not _score_fields_ok(ev):
         return to_json(health_score(ev, now_ms=computed))
     name, version = ev.scorecard
+    pulse = ev.pulse
     return orjson.dumps(
         {
             "account_id": ev.account_id,
@@ -1108,14 +1262,24 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
             "bucket": ev.bucket,
             "grade": ev.grade,
             "stage": ev.stage,
+            "profile": ev.profile,
             "scorecard": {"name": name, "version": version},
             "components": components,
             "missing": list(ev.missing),
+            "gates": [g._asdict() for g in ev.gates],
+            "pulse": None
+            if pulse is None
+            else {
+                "rating": pulse.rating,
+                "reason": pulse.reason,
+                "author": pulse.author,
+                "expires_at": _utc(pulse.expires_at),
+            },
             "trend": {"delta_7d": ev.delta_7d, "delta_30d": ev.delta_30d},
             "as_of": _utc(ev.as_of),
             "computed_at": _utc(computed),
             "low_confidence": ev.low_confidence,
-            "schema_version": 1,
+            "schema_version": SCORE_SCHEMA_VERSION,
         }
     )
 
@@ -1129,18 +1293,29 @@ def _validated_health_score(ev: Evaluation, computed: int) -> HealthScore:
             "bucket": ev.bucket,
             "grade": ev.grade,
             "stage": ev.stage,
+            "profile": ev.profile,
             "scorecard": {"name": ev.scorecard[0], "version": ev.scorecard[1]},
             "components": [
                 {
                     "metric": c.metric,
+                    "label": label,
                     "value": c.value,
                     "score": round(c.score, 1),
                     "weight": round(c.weight, 4),
                     "contribution": round(c.contribution, 2),
                 }
-                for c in ev.components
+                for c, label in zip(ev.components, ev.labels, strict=True)
             ],
             "missing": list(ev.missing),
+            "gates": [g._asdict() for g in ev.gates],
+            "pulse": None
+            if ev.pulse is None
+            else {
+                "rating": ev.pulse.rating,
+                "reason": ev.pulse.reason,
+                "author": ev.pulse.author,
+                "expires_at": format_utc(ev.pulse.expires_at),
+            },
             "trend": {"delta_7d": ev.delta_7d, "delta_30d": ev.delta_30d},
             "as_of": format_utc(ev.as_of),
             "computed_at": format_utc(computed),
@@ -1206,10 +1381,19 @@ def _score_fields_ok(ev: Evaluation) -> bool:
     )
 
 
-def _component_model(c: ComponentResult) -> Component | None:
+def _pulse_model(pulse: PulseView) -> Pulse:
+    return Pulse(
+        rating=cast(BucketName, pulse.rating),
+        reason=pulse.reason,
+        author=pulse.author,
+        expires_at=format_utc(pulse.expires_at),
+    )
+
+
+def _component_model(c: ComponentResult, label: str) -> Component | None:
     """The message form of a component, or ``None`` if it would not validate."""
     rounded = _rounded_component(c)
-    if rounded is None:
+    if rounded is None or not label:
         return None
     metric, value, score, weight, contribution = rounded
     model: Component = _new_object(Component)
@@ -1218,6 +1402,7 @@ def _component_model(c: ComponentResult) -> Component | None:
         "__dict__",
         {
             "metric": metric,
+            "label": label,
             "value": value,
             "score": score,
             "weight": weight,
@@ -1328,7 +1513,7 @@ def on_event(
     changes: list[BucketChange] = []
     until = event.occurred_at if watermark is None else max(watermark, event.occurred_at)
     last = _run_ticks(state, until, scorecard, changes)
-    result = state.apply(event, newest_read)
+    result = state.apply(event, newest_read, scorecard.regular_features)
     if result is ApplyResult.APPLIED:
         last, change = _rescore(state, event.occurred_at, scorecard)
         if change is not None:

@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ConfigError", "RefError", "clean_message", "load_text", "parse_model"]
+__all__ = [
+    "ConfigError",
+    "RefError",
+    "clean_message",
+    "load_mapping",
+    "load_text",
+    "merge_over",
+    "parse_model",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,13 +98,30 @@ def parse_model(
     what: str,
     path_of: Callable[[tuple[int | str, ...]], str] = _default_path,
     reason_of: Callable[[Mapping[str, Any]], str] = _default_reason,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> M:
     """Parse YAML ``text`` into ``model``; any problem raises ``error``.
 
     ``what`` names the file kind in the root-type message ("a scorecard");
     ``path_of`` and ``reason_of`` turn the first pydantic error into the
-    reported path and reason (formats with tagged unions drop the tags).
+    reported path and reason (formats with tagged unions drop the tags);
+    ``prepare`` transforms the parsed mapping before validation (it may raise
+    :class:`RefError`).
     """
+    data = load_mapping(text, source, error, what=what)
+    try:
+        if prepare is not None:
+            data = prepare(data)
+        return model.model_validate(data)
+    except RefError as exc:
+        raise error(source, exc.path, exc.reason) from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise error(source, path_of(err["loc"]), reason_of(err)) from None
+
+
+def load_mapping(text: str, source: str, error: type[ConfigError], *, what: str) -> dict[str, Any]:
+    """The strict YAML mapping of ``text``; a YAML error or another root raises ``error``."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -106,13 +131,31 @@ def parse_model(
         raise error(source, "(yaml)", f"{where}{' '.join(str(problem).split())}") from None
     if not isinstance(data, dict):
         raise error(source, "(root)", f"{what} must be a YAML mapping")
-    try:
-        return model.model_validate(data)
-    except RefError as exc:
-        raise error(source, exc.path, exc.reason) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise error(source, path_of(err["loc"]), reason_of(err)) from None
+    return data
+
+
+def merge_over(base: Any, override: Any) -> Any:
+    """``override`` merged over ``base``: mappings key by key (recursively), lists of
+    mappings that all have a ``name`` by name (an override item replaces or extends
+    the base item of its name; new names are appended), anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge_over(base[key], value) if key in base else value
+        return merged
+    if _named_items(base) and _named_items(override):
+        by_name = {item["name"]: item for item in override}
+        out = [
+            merge_over(item, by_name.pop(item["name"])) if item["name"] in by_name else item
+            for item in base
+        ]
+        out.extend(by_name.values())
+        return out
+    return override
+
+
+def _named_items(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
 
 
 def load_text(path: str | Path, error: type[ConfigError]) -> str:

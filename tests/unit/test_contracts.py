@@ -25,8 +25,10 @@ from schemas import (
     Component,
     DlqHeaders,
     Driver,
+    GateOut,
     HealthScore,
     PlaybookTrigger,
+    Pulse,
     PulseEvent,
     Rejected,
     ScorecardRef,
@@ -38,6 +40,7 @@ from schemas import (
     load_schema,
     validate_event,
 )
+from schemas.outputs import parse_bucket_change, parse_health_score
 
 NOW = 1_715_299_200_000  # 2024-05-10T00:00:00Z, after every example's occurred_at
 KEY = b"acme-corp"
@@ -206,9 +209,12 @@ def test_output_models_and_schemas_have_same_fields() -> None:
     _assert_same_fields(ScorecardRef, hs["properties"]["scorecard"])
     _assert_same_fields(Component, hs["properties"]["components"]["items"])
     _assert_same_fields(Trend, hs["properties"]["trend"])
+    _assert_same_fields(GateOut, hs["properties"]["gates"]["items"])
+    _assert_same_fields(Pulse, hs["properties"]["pulse"]["oneOf"][1])
     bc = load_schema("outputs", "bucket-change")
     _assert_same_fields(BucketChange, bc)
     _assert_same_fields(Driver, bc["properties"]["drivers"]["items"])
+    _assert_same_fields(GateOut, bc["properties"]["gates"]["items"])
     _assert_same_fields(PlaybookTrigger, load_schema("outputs", "playbook-trigger"))
 
 
@@ -593,7 +599,36 @@ INVALID_OUTPUTS: list[tuple[str, str, dict[str, Any]]] = [
     ("extra_field", "health-score", _output("health-score", surprise=1)),
     ("no_low_confidence", "health-score", _output("health-score", low_confidence=DROP)),
     ("low_confidence_int", "health-score", _output("health-score", low_confidence=1)),
-    ("schema_version_2", "health-score", _output("health-score", schema_version=2)),
+    ("schema_version_1", "health-score", _output("health-score", schema_version=1)),
+    ("schema_version_3", "health-score", _output("health-score", schema_version=3)),
+    (
+        "gate_without_reason",
+        "health-score",
+        _output(
+            "health-score", gates=[{"name": "g", "effect": "cap", "bucket": "red", "decided": True}]
+        ),
+    ),
+    (
+        "pulse_rating_blue",
+        "health-score",
+        _output(
+            "health-score",
+            pulse={
+                "rating": "blue",
+                "reason": "r",
+                "author": None,
+                "expires_at": "2024-05-10T00:00:00Z",
+            },
+        ),
+    ),
+    (
+        "driver_without_label",
+        "bucket-change",
+        _output(
+            "bucket-change",
+            drivers=[{"metric": "nps", "before": 1, "after": 2, "contribution_delta": 1}],
+        ),
+    ),
     (
         "component_missing_weight",
         "health-score",
@@ -648,3 +683,33 @@ def test_public_api_is_exported() -> None:
     for name in schemas.__all__:
         assert hasattr(schemas, name), name
     assert set(get_args(get_args(schemas.Event)[0])) == set(EVENT_MODELS.values())
+
+
+def test_version_1_outputs_are_still_read() -> None:
+    # Topics keep the messages of the previous version after an upgrade.
+    v1_score = {
+        **orjson.loads(load_example("outputs", "health-score")),
+        "schema_version": 1,
+        "components": [
+            {"metric": "nps", "value": 9, "score": 67.3, "weight": 1, "contribution": 67.3}
+        ],
+    }
+    for field in ("profile", "gates", "pulse"):
+        v1_score.pop(field)
+    score = parse_health_score(orjson.dumps(v1_score))
+    assert (score.profile, score.gates, score.pulse, score.schema_version) == (
+        "unknown",
+        [],
+        None,
+        2,
+    )
+    assert [(c.metric, c.label) for c in score.components] == [("nps", "nps")]
+    v1_change = {**orjson.loads(load_example("outputs", "bucket-change")), "schema_version": 1}
+    v1_change.pop("gates")
+    v1_change["drivers"] = [{"metric": "nps", "before": 1, "after": 2, "contribution_delta": 1}]
+    change = parse_bucket_change(orjson.dumps(v1_change))
+    assert change.gates == [] and change.drivers[0].label == "nps"
+    # The current version reads as is.
+    assert parse_health_score(
+        load_example("outputs", "health-score")
+    ) == HealthScore.model_validate(orjson.loads(load_example("outputs", "health-score")))

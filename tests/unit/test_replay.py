@@ -16,7 +16,12 @@ from schemas.events import Event, event_to_json
 from schemas.outputs import BucketChange, HealthScore
 from service.cli.replay import replay as replay_cli
 from service.model.account_state import AccountState
-from service.model.scorecard import Scorecard, default_scorecard, parse_scorecard
+from service.model.scorecard import (
+    Scorecard,
+    default_scorecard,
+    parse_scorecard,
+    shipped_scorecard,
+)
 from service.model.scoring import on_event, on_timer
 from service.processing.replay import InvalidLine, decode_lines, replay
 from tests.unit.test_scoring import SEATS_CARD, T0, at, event
@@ -352,12 +357,17 @@ def golden_digest(lines: list[bytes], card: Scorecard) -> str:
     return digest.hexdigest()
 
 
-#: golden_digest(golden_lines(), card) of the scoring model as it was before
-#: the performance work (computed with that code), daily and hourly ticks.
-#: Any change of a score, bucket, grade, component, driver, change id or trend
-#: moves it; change it only with a deliberate change of the model.
-GOLDEN_DAILY = "637841c4a421705888810f2dc37583fa91a0e9fe5aee7a9a4fc05c43216fecfa"
-GOLDEN_HOURLY = "a2c7d7a4ea8b453758c906e0e3caee8eab170165d0e24ba24b012aaf4b0ce79a"
+#: golden_digest(golden_lines(), card) of the scoring model: the default
+#: scorecard with daily and hourly ticks, and the shipped demo (product facts
+#: given: key features, outcome KPI) and adoption-rule (regular use over seats,
+#: tenure profile, lift gate) scorecards. Any change of a score, bucket, grade,
+#: component, label, gate, driver, change id or trend moves them; change them
+#: only with a deliberate change of the model (last: issue 14, the CSM-readable
+#: score and the revised default scorecard).
+GOLDEN_DAILY = "efbdedbc521b1bcc2e6708234b623223d47a1d6f13b30af50819efc490b465b6"
+GOLDEN_HOURLY = "6901fe4f40801c0161d379314421fc9ef7419663ae1aa534e3f0f975d8525526"
+GOLDEN_DEMO = "80555f872b9d9ae41577fe401dfe136a1435ee4c1f2f0bb130191f86b04cc65b"
+GOLDEN_ADOPTION_RULE = "8b0144455ed072b3e24f6868c15ae732473dc78b455b0c34bcf445f747818ecf"
 
 
 def _hourly(card: Scorecard) -> Scorecard:
@@ -374,3 +384,5 @@ def test_the_model_output_is_pinned() -> None:
     card = default_scorecard()
     assert golden_digest(lines, card) == GOLDEN_DAILY
     assert golden_digest(lines, _hourly(card)) == GOLDEN_HOURLY
+    assert golden_digest(lines, shipped_scorecard("demo")) == GOLDEN_DEMO
+    assert golden_digest(lines, shipped_scorecard("adoption-rule")) == GOLDEN_ADOPTION_RULE

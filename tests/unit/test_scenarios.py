@@ -11,7 +11,7 @@ import pytest
 from schemas.events import Event, event_to_json
 from schemas.outputs import BucketChange, HealthScore
 from service.model.account_state import AccountState
-from service.model.scorecard import Scorecard, default_scorecard
+from service.model.scorecard import Scorecard, shipped_scorecard
 from service.model.scoring import Step, evaluate, on_event, on_timer, score_at
 from service.model.windows import DAY_MS
 from service.processing.replay import replay
@@ -98,7 +98,9 @@ def stream(
 
 @pytest.fixture(scope="module")
 def card() -> Scorecard:
-    return default_scorecard()
+    # The accounts use the simulated product's key features and KPI, which the
+    # demo scorecard (the default with that product filled in) knows.
+    return shipped_scorecard("demo")
 
 
 def test_a_healthy_account_is_green(card: Scorecard) -> None:
@@ -107,7 +109,15 @@ def test_a_healthy_account_is_green(card: Scorecard) -> None:
     assert score is not None
     assert (score.bucket, score.stage, score.low_confidence) == ("green", "adoption", False)
     assert score.score >= 85 and score.grade == "A"
-    assert score.missing == ["csat_90d", "resolution_hours_90d"]  # no tickets: nothing to say
+    # No support ticket and no contract event ever: those feeds say nothing yet.
+    assert score.missing == [
+        "open_high_priority_tickets",
+        "escalations_90d",
+        "csat_90d",
+        "tickets_per_seat_30d",
+        "resolution_hours_90d",
+        "downgrades_90d",
+    ]
     # Once the data is in, a healthy account stays green day after day.
     assert all(c.as_of < "2024-03-05" for c in changes)
 
@@ -179,15 +189,17 @@ def test_an_onboarding_account_is_judged_by_the_onboarding_profile(card: Scoreca
     score = last["newco"].score
     assert score is not None
     assert score.stage == "onboarding"
-    expected_weights = {  # group share x metric share, from the onboarding profile
-        "milestones_reached": 0.5 * 4 / 8,
-        "csm_pulse": 0.5 * 2 / 8,
-        "days_since_csm_touch": 0.5 * 2 / 8,
-        "days_since_last_activity": 0.35 * 3 / 6,
-        "active_seat_ratio_30d": 0.35 * 2 / 6,
-        "login_consistency_30d": 0.35 * 1 / 6,
-        "open_high_priority_tickets": 0.15 * 2 / 3,
-        "escalations_90d": 0.15 * 1 / 3,
+    # Group share x metric share, from the onboarding profile; the support
+    # group is unknown (no ticket ever), so its 15 go to the other groups.
+    expected_weights = {
+        "milestones_reached": 50 / 85 * 4 / 8,
+        "csm_pulse": 50 / 85 * 2 / 8,
+        "days_since_csm_touch": 50 / 85 * 2 / 8,
+        "days_since_last_activity": 35 / 85 * 3 / 6,
+        "active_seat_ratio_30d": 35 / 85 * 2 / 6,
+        "login_consistency_30d": 35 / 85 * 1 / 6,
+        "open_high_priority_tickets": 0.0,
+        "escalations_90d": 0.0,
     }
     assert {c.metric: c.weight for c in score.components} == pytest.approx(
         expected_weights, abs=1e-4

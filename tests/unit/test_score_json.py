@@ -56,4 +56,4 @@ def test_the_json_is_an_object_with_the_contract_fields() -> None:
     assert step.evaluation is not None
     message = orjson.loads(score_json(step.evaluation, now_ms=NOW))
     assert list(message)[:3] == ["account_id", "score", "bucket"]
-    assert message["schema_version"] == 1
+    assert message["schema_version"] == 2

@@ -579,7 +579,8 @@ METRIC_CASES: list[MetricCase] = [
         at(9),
         7.0,
     ),
-    ("days_since_csm_touch", {}, lambda: [seats(1, at(0))], at(9), None),
+    # Never touched: days since the first event (not better than touched long ago).
+    ("days_since_csm_touch", {}, lambda: [seats(1, at(0))], at(9), 9.0),
     (
         "csm_pulse",
         {},
@@ -1046,7 +1047,7 @@ def test_profiles_by_stage_and_segment(
     assert (ev.profile, ev.stage, ev.score, ev.bucket) == (profile, stage, score, bucket)
 
 
-def test_a_profile_without_gates_inherits_the_defaults_and_one_with_gates_replaces_them() -> None:
+def test_profile_gates_are_merged_with_the_defaults_by_name() -> None:
     scorecard = card(
         PROFILE_CARD + "gates: [{name: base, when: {metric: seats, op: '<', value: 0}, cap: red}]"
     )
@@ -1054,9 +1055,22 @@ def test_a_profile_without_gates_inherits_the_defaults_and_one_with_gates_replac
     assert names == {
         "onboarding": ["base"],
         "smb": ["base"],
-        "enterprise_renewal": ["renewal_watch"],
+        "enterprise_renewal": ["base", "renewal_watch"],
         "default": ["base"],
     }
+    # A profile gate of the same name replaces the default's in place;
+    # drop_gates removes one.
+    replaced = card(
+        PROFILE_CARD.replace(
+            "name: smb\n",
+            "name: smb\n    gates: [{name: base, when: {metric: seats, op: '<', value: 5},"
+            " cap: yellow}]\n",
+        ).replace("name: onboarding\n", "name: onboarding\n    drop_gates: [base]\n")
+        + "gates: [{name: base, when: {metric: seats, op: '<', value: 0}, cap: red}]"
+    )
+    by_name = {p.name: p for p in replaced.resolved_profiles}
+    assert [(g.name, g.cap) for g in by_name["smb"].gates] == [("base", "yellow")]
+    assert by_name["onboarding"].gates == ()
 
 
 # ================================================================ the domain rule
@@ -1284,7 +1298,7 @@ def test_health_score_message_shape() -> None:
 
     state = state_of(_varied_events())
     score, _ = rescore(state, at(6), default_scorecard(), now_ms=NOW)
-    assert score.scorecard.name == "default" and score.scorecard.version == "1"
+    assert score.scorecard.name == "default" and score.scorecard.version == "2"
     assert score.stage == "adoption"
     assert score.computed_at == "2027-01-15T08:00:00Z"
     present = [c for c in score.components if c.metric not in score.missing]
