@@ -67,12 +67,14 @@ def worker(
     # faust creates only the last folder of its data dir.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     top, _, shutdown = build_worker(settings, scorecard)
-    from service.runtime.log_limit import limit_repeats
+    from service.runtime.log_limit import limit_http_errors, limit_repeats
     from service.runtime.log_safety import log_thread_exceptions
     from streams.shutdown import VitalsWorker, run_worker
 
     # A broker outage must not flood the log (docs/reliability.md).
     limit_repeats(("aiokafka", "faust.transport"))
+    # Nor may malformed HTTP requests, from anyone who can reach the port.
+    limit_http_errors()
     log_thread_exceptions()
     # Results belong on stdout; faust's banner and logs go to stderr.
     runner = VitalsWorker(
