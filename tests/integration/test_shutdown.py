@@ -194,9 +194,14 @@ async def test_a_second_sigterm_stops_at_once(
 async def test_a_clean_stop_exits_zero_and_says_nothing_was_left(
     namespace: Namespace, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    """Also: a worker started without VITALS_API_TOKEN says that POST is off."""
     worker = WorkerProcess(bootstrap=kafka_bootstrap, namespace=namespace, data_dir=tmp_path)
     try:
         await asyncio.to_thread(worker.start().wait_ready)
+        started_log = worker.log_path.read_text()
+        assert "VITALS_API_TOKEN is not set: POST /events and POST /accounts/{id}/pulse" in (
+            started_log
+        )
 
         status, took = await asyncio.to_thread(signal_and_time_exit, worker, signal.SIGINT)
 
