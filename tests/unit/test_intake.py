@@ -77,3 +77,24 @@ async def test_async_validation_returns_to_the_loop_between_chunks() -> None:
     assert turns - before >= chunks - 1, "another task ran between every two chunks"
     same = validate_batch(items, now_ms=NOW, max_future_ms=0)
     assert (result.invalid, result.errors) == (same.invalid, same.errors)
+
+
+def test_the_openapi_document_states_the_new_answers() -> None:
+    from jsonschema import Draft202012Validator
+
+    from service.api.openapi import openapi_document
+
+    doc = openapi_document()
+    health = doc["paths"]["/accounts/{account_id}/health"]["get"]
+    assert set(health["responses"]["200"]["headers"]) == {"Vitals-Score-Source"}
+    assert "history" in health["description"] and "503" in health["responses"]
+    limit = doc["paths"]["/accounts/{account_id}/history"]["get"]["parameters"][-1]
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 10000, "default": 500}
+    error = doc["components"]["schemas"]["Error"]
+    assert error["properties"]["errors"]["maxItems"] == MAX_LISTED_ERRORS
+    pulse = doc["paths"]["/accounts/{account_id}/pulse"]["post"]["requestBody"]
+    body = pulse["content"]["application/json"]["schema"]
+    assert body["properties"]["reason"]["maxLength"] == 1000
+    check = Draft202012Validator(body)
+    assert check.is_valid({"rating": "red", "reason": "champion left", "author": "Dana"})
+    assert not check.is_valid({"rating": "red", "reason": "a\x00b"})
