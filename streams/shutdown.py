@@ -8,7 +8,8 @@ leaves its group. All of it gets ``VITALS_SHUTDOWN_GRACE_S`` seconds
 could otherwise wait for ever: with the broker gone, produce acknowledgements
 never come and faust waits 60 s for its consumer thread. So a watchdog
 thread (it runs even if the event loop is stuck) ends the process when the
-grace period is over. A second SIGINT or SIGTERM ends it at once.
+grace period is over; a stop that a crash starts is bounded the same way. A
+second SIGINT or SIGTERM ends it at once.
 
 Whichever way the worker ends, it logs one line: ``shutdown: ...`` saying how
 it stopped and what it left undone (webhook deliveries not made, output
@@ -106,15 +107,23 @@ class Shutdown:
         self.started: float | None = None
         #: Triggers ``WebhookDispatcher.stop`` left undelivered (None: not stopped yet).
         self.webhook_left: int | None = None
+        #: Called from a thread when the grace period is over (the worker's
+        #: watchdog); None: nothing happens then (tests).
+        self.on_deadline: Callable[[], None] | None = None
         self._reported = threading.Lock()
         #: The exit status once reported (the report is made once).
         self.status: int | None = None
 
     def begin(self) -> bool:
-        """Start the grace period; ``False`` if it had already started."""
+        """Start the grace period (and the watchdog, if one is set); ``False``
+        if it had already started."""
         if self.started is not None:
             return False
         self.started = self.clock()
+        if self.on_deadline is not None:
+            watchdog = threading.Timer(self.grace_s, self.on_deadline)
+            watchdog.daemon = True  # a stop that finishes in time is not held up
+            watchdog.start()
         return True
 
     def elapsed(self) -> float:
@@ -206,7 +215,8 @@ class VitalsWorker(faust.Worker):
         kwargs.setdefault("redirect_stdouts", False)
         super().__init__(app, **kwargs)
         self.shutdown = shutdown
-        self._watchdog: threading.Timer | None = None
+        # A stop that starts without a signal (a crash) is bounded the same way.
+        shutdown.on_deadline = self._give_up
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM: bounded stop, then immediate exit; SIGUSR1: task list.
@@ -238,9 +248,6 @@ class VitalsWorker(faust.Worker):
             name,
             self.shutdown.grace_s,
         )
-        self._watchdog = threading.Timer(self.shutdown.grace_s, self._give_up)
-        self._watchdog.daemon = True
-        self._watchdog.start()
         stop = self._on_sigint if signum == signal.SIGINT else self._on_sigterm
         self.loop.call_soon_threadsafe(stop)
 

@@ -183,3 +183,18 @@ def test_a_thread_exception_is_one_record(caplog: pytest.LogCaptureFixture) -> N
     ]
     assert records[0].exc_info is not None and records[0].exc_info[0] is ValueError
     assert records[1].exc_info is None
+
+
+def test_begin_starts_the_watchdog_once() -> None:
+    fired = threading.Event()
+    calls: list[float] = []
+    stop = Shutdown(cast(Processor, FakeProcessor()), grace_s=0.05)
+
+    def deadline() -> None:
+        calls.append(stop.elapsed())
+        fired.set()
+
+    stop.on_deadline = deadline
+    assert stop.begin() and not stop.begin()
+    assert fired.wait(5.0)
+    assert len(calls) == 1 and calls[0] >= 0.05
