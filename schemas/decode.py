@@ -11,7 +11,8 @@ Checks run in this order, the first failing one decides the reason:
 2. ``empty`` -- ``None`` or zero bytes;
 3. ``invalid_utf8`` / ``not_json`` -- bytes that are not UTF-8 / not JSON;
 4. ``not_object`` -- JSON that is not an object;
-5. ``unknown_type`` -- ``type`` missing, not a string or not an event type;
+5. ``missing_field`` / ``unknown_type`` -- ``type`` missing / not a string or
+   not an event type;
 6. ``wrong_topic`` -- ``type`` not allowed on the topic kind (skipped when
    ``topic_kind`` is ``None``, e.g. replay);
 7. ``unsupported_schema_version`` -- integer ``schema_version`` above the
@@ -147,8 +148,8 @@ def validate_event(
     event_type = obj.get("type")
     validator = _VALIDATORS.get(event_type) if isinstance(event_type, str) else None
     if validator is None:
-        if event_type is None:
-            raise _one("unknown_type", "type", "type is missing")
+        if "type" not in obj:
+            raise _one("missing_field", "type", "type is missing")
         raise _one("unknown_type", "type", f"unknown event type {_short(event_type)}")
     if topic_kind is not None:
         allowed = TOPIC_TYPES.get(topic_kind)

@@ -9,7 +9,16 @@ Contract (DESIGN.md, "Input topics"):
 * every timestamp (``occurred_at``, ``customer_since``, ``renewal_at``,
   ``expires_at``) is accepted as an RFC 3339 string *with* an offset or as integer
   epoch milliseconds, and is normalised to integer epoch milliseconds (UTC).
-  Naive timestamps are rejected.
+  Naive timestamps are rejected;
+* ids (``event_id``, ``account_id``, ``user_id``, ``ticket_id``, ``author``) and
+  names (``feature``, ``plan``, ``segment``, milestone ``name``, kpi ``metric``)
+  are 1-128 characters, with no control character (C0, DEL, C1) and no
+  whitespace at either end (so never blank): :data:`ID_PATTERN`. Free text
+  (pulse ``reason``) is 1-1,000 characters with no control character and not
+  blank: :data:`TEXT_PATTERN`. Such values are stored (PostgreSQL text cannot
+  hold NUL), logged and shown on terminals;
+* a pulse's ``expires_at`` is not before its ``occurred_at`` (the one rule the
+  JSON Schemas cannot express).
 
 Use :func:`schemas.decode.decode_event` / :func:`schemas.decode.validate_event`
 to turn untrusted input into an :data:`Event`; they map pydantic errors to the
@@ -23,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,10 +48,14 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "EVENT_MODELS",
     "EVENT_TYPES",
+    "ID_MAX_LENGTH",
+    "ID_PATTERN",
     "MAX_TIMESTAMP_MS",
     "MIN_TIMESTAMP_MS",
     "PULSE_DEFAULT_TTL_MS",
     "SUPPORTED_SCHEMA_VERSION",
+    "TEXT_MAX_LENGTH",
+    "TEXT_PATTERN",
     "TOPIC_PREFIX",
     "TOPIC_TYPES",
     "AccountEvent",
@@ -128,8 +142,62 @@ def _parse_rfc3339(text: str) -> int:
 #: Integer epoch ms on the model; RFC 3339 string (with offset) or integer on the wire.
 Timestamp = Annotated[int, PlainValidator(parse_timestamp, json_schema_input_type=int | str)]
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+# Control characters: C0, DEL and C1. Whitespace: Unicode White_Space that is
+# not a control character, and the BOM. Spelled out rather than ``\s``, whose
+# meaning differs between regex engines, so the JSON Schemas (which carry the
+# same patterns) mean the same thing in every validator.
+_CONTROL: Final = "\\u0000-\\u001f\\u007f-\\u009f"
+_SPACE: Final = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+# The end of the string: ``$`` also matches before a final newline in
+# Python's ``re`` (which Python JSON Schema validators use).
+_END: Final = "(?![\\s\\S])"
+#: Ids and names: no control character, no whitespace at either end.
+ID_PATTERN: Final = f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?{_END}"
+ID_MAX_LENGTH: Final = 128
+#: Free text: no control character, at least one character that is not whitespace.
+TEXT_PATTERN: Final = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*{_END}"
+TEXT_MAX_LENGTH: Final = 1000
+_CONTROL_RE: Final = re.compile(f"[{_CONTROL}]")
+_ID_RE: Final = re.compile(ID_PATTERN)
+_TEXT_RE: Final = re.compile(TEXT_PATTERN)
+
+
+def _no_control(value: str) -> None:
+    found = _CONTROL_RE.search(value)
+    if found is not None:
+        raise PydanticCustomError(
+            "control_character",
+            "must not contain control characters (U+{code} at index {index})",
+            {"code": f"{ord(found.group()):04X}", "index": found.start()},
+        )
+
+
+def _check_id(value: str) -> str:
+    if _ID_RE.match(value) is None:
+        _no_control(value)
+        raise PydanticCustomError("edge_whitespace", "must not start or end with whitespace")
+    return value
+
+
+def _check_text(value: str) -> str:
+    if _TEXT_RE.match(value) is None:
+        _no_control(value)
+        raise PydanticCustomError("blank_text", "must not be blank")
+    return value
+
+
+#: An id or a name (ID_PATTERN, 1-128 characters).
+Id = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=ID_MAX_LENGTH),
+    AfterValidator(_check_id),
+]
+#: Free text (TEXT_PATTERN, 1-1,000 characters).
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=TEXT_MAX_LENGTH),
+    AfterValidator(_check_text),
+]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -149,15 +217,15 @@ class LoginEvent(EventBase):
     """A user signed in (topic kind ``login``)."""
 
     type: Literal["login"]
-    user_id: NonEmptyStr
+    user_id: Id
 
 
 class FeatureUseEvent(EventBase):
     """A user used a product feature ``count`` times (topic kind ``feature-use``)."""
 
     type: Literal["feature_use"]
-    user_id: NonEmptyStr
-    feature: NonEmptyStr
+    user_id: Id
+    feature: Id
     count: Annotated[int, Field(ge=1)] = 1
 
 
@@ -165,7 +233,7 @@ class SupportTicketEvent(EventBase):
     """A support ticket changed state (topic kind ``support-ticket``)."""
 
     type: Literal["support_ticket"]
-    ticket_id: NonEmptyStr
+    ticket_id: Id
     status: Literal["opened", "resolved", "reopened", "escalated"]
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
     csat: Annotated[int, Field(ge=1, le=5)] | None = None
@@ -191,9 +259,9 @@ class AccountEvent(EventBase):
 
     type: Literal["account"]
     seats: Annotated[int, Field(ge=0)] | None = None
-    plan: NonEmptyStr | None = None
+    plan: Id | None = None
     arr: NonNegativeFloat | None = None
-    segment: NonEmptyStr | None = None
+    segment: Id | None = None
     lifecycle_stage: Literal["onboarding", "adoption", "maturity", "renewal"] | None = None
     customer_since: Timestamp | None = None
     renewal_at: Timestamp | None = None
@@ -242,28 +310,39 @@ def _default_expiry(data: dict[str, Any]) -> int:
 class PulseEvent(EventBase):
     """A CSM's manual read of the account (topic kind ``engagement``).
 
-    ``expires_at`` defaults to ``occurred_at`` + 30 days.
+    ``expires_at`` defaults to ``occurred_at`` + 30 days and is not before it.
     """
 
     type: Literal["pulse"]
     rating: Literal["green", "yellow", "red"]
-    reason: NonEmptyStr
+    reason: Text
     author: Id | None = None
     expires_at: Timestamp = Field(default_factory=_default_expiry)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _not_before_occurred_at(cls, expires_at: int, info: ValidationInfo) -> int:
+        # ``occurred_at`` is declared first: it is in info.data when it was valid.
+        occurred_at = info.data.get("occurred_at")
+        if isinstance(occurred_at, int) and expires_at < occurred_at:
+            raise PydanticCustomError(
+                "expires_before_occurred", "expires_at must not be before occurred_at"
+            )
+        return expires_at
 
 
 class MilestoneEvent(EventBase):
     """An onboarding milestone was reached (topic kind ``engagement``)."""
 
     type: Literal["milestone"]
-    name: NonEmptyStr
+    name: Id
 
 
 class KpiEvent(EventBase):
     """A business-outcome KPI amount (topic kind ``outcome``)."""
 
     type: Literal["kpi"]
-    metric: NonEmptyStr
+    metric: Id
     value: FiniteFloat
 
 

@@ -188,6 +188,8 @@ class Processor:
     last_commit: float = field(default_factory=time.monotonic)
     #: The commit waiting for its sends in the background, if any.
     committing: asyncio.Future[None] | None = None
+    #: The sends that commit waits for (``unfinished`` counts them).
+    acking: list[Any] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: "topic:partition" names of state positions, by (topic, partition).
     _tp_names: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -753,6 +755,7 @@ class Processor:
         if previous is not None:
             await previous  # commits stay in order
         inflight, self.inflight = self.inflight, []
+        self.acking = inflight
         offsets = self.committable()
         if inflight or offsets:
             self.committing = asyncio.ensure_future(self._finish_commit(inflight, offsets))
@@ -804,6 +807,16 @@ class Processor:
                 await self.commit(wait=wait)
             elif wait and self.committing is not None:
                 await self.committing
+
+    def unfinished(self) -> tuple[int, int]:
+        """(output messages not acknowledged by Kafka, buffered events not applied).
+
+        For the shutdown report; safe to call from another thread (it only counts).
+        """
+        sends = [*self.acking, *self.inflight]
+        unacked = len(self.outbox) + sum(1 for sent in sends if not sent.done())
+        buffered = sum(len(heap) for heap in list(self.buffers.values()))
+        return unacked, buffered
 
     def forget_partitions(self) -> None:
         """Drop what belongs to the previous assignment (records are read again)."""
@@ -974,7 +987,11 @@ def install_processor(
     playbooks: PlaybookSet | None = None,
     dispatcher: WebhookDispatcher | None = None,
 ) -> Processor:
-    """Attach the batch handler, its timers and the webhook dispatcher to the app."""
+    """Attach the batch handler, its timers and the webhook dispatcher to the app.
+
+    The final commit and the webhook drain on shutdown belong to
+    ``streams.shutdown`` (bounded by the grace period).
+    """
     processor = Processor(top, scorecard, playbooks, dispatcher)
     app = top.app
     transport = app.transport
@@ -992,15 +1009,6 @@ def install_processor(
         @app.task  # type: ignore[untyped-decorator]
         async def start_dispatcher() -> None:
             await dispatcher.start()
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def on_shutdown(app: Any, **kwargs: Any) -> None:
-        try:
-            await processor.commit_now()
-        except Exception as exc:  # the records are read again after the restart
-            log.warning("final commit failed: %s", exc)
-        if dispatcher is not None:
-            await dispatcher.stop(drain_timeout=10)
 
     @app.timer(settings.timer_interval_s)  # type: ignore[untyped-decorator]
     async def tick() -> None:

@@ -10,6 +10,7 @@ from service.runtime.settings import Settings
 from service.runtime.webhook import dispatcher_from_settings
 from streams.app import Topology, build_topology
 from streams.processor import Processor, install_processor
+from streams.shutdown import Shutdown
 from streams.web import install_web
 
 
@@ -33,7 +34,7 @@ def worker_playbooks(settings: Settings, scorecard: Scorecard) -> PlaybookSet:
 
 def build_worker(
     settings: Settings, scorecard: Scorecard | None = None
-) -> tuple[Topology, Processor]:
+) -> tuple[Topology, Processor, Shutdown]:
     """Everything a worker runs, wired from one settings object."""
     top = build_topology(settings)
     card = scorecard or worker_scorecard(settings)
@@ -41,7 +42,13 @@ def build_worker(
         top, card, worker_playbooks(settings, card), dispatcher_from_settings(settings)
     )
     install_web(top, processor)
-    return top, processor
+    shutdown = Shutdown(processor, settings.shutdown_grace_s)
+
+    @top.app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def finish_work(app: faust.App, **kwargs: object) -> None:
+        await shutdown.finish_work()
+
+    return top, processor, shutdown
 
 
 def build_worker_app(settings: Settings, scorecard: Scorecard | None = None) -> faust.App:

@@ -13,13 +13,25 @@ from service.cli.main import CliError, settings_from_options
 
 @click.command()
 @click.option("--accounts", type=int, default=200, show_default=True, help="Simulated accounts.")
-@click.option("--rate", type=float, default=100.0, show_default=True, help="Live events/s.")
+@click.option(
+    "--rate",
+    type=float,
+    default=100.0,
+    show_default=True,
+    help="Live messages/s the simulator sends (simulated time runs as fast as that needs).",
+)
 @click.option(
     "--time-scale",
     type=float,
-    default=3600.0,
+    help="Simulated seconds per wall second instead (3600: an hour a second); --rate then "
+    "only caps the messages/s.",
+)
+@click.option(
+    "--invalid-rate",
+    type=click.FloatRange(0.0, 0.5),
+    default=0.005,
     show_default=True,
-    help="Simulated seconds per wall second (3600: an hour a second).",
+    help="Share of deliberately invalid messages, to show the dead-letter topic at work.",
 )
 @click.option("--warmup-days", type=int, default=30, show_default=True, help="History first.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
@@ -34,12 +46,23 @@ from service.cli.main import CliError, settings_from_options
 @click.option("--kafka-port", type=int, default=9092, show_default=True)
 @click.option("--web-port", type=int, help="Worker HTTP port (VITALS_WEB_PORT, 6066).")
 @click.option("--bootstrap", help="Use this Kafka instead of a local one.")
-@click.option("--app-id", help="Consumer group / internal topic prefix (VITALS_APP_ID).")
-@click.option("--topic-prefix", help="Prefix of every vitals topic (VITALS_TOPIC_PREFIX).")
+@click.option(
+    "--app-id",
+    default="vitals-demo",
+    show_default=True,
+    help="Consumer group / internal topic prefix; the demo's own, not VITALS_APP_ID.",
+)
+@click.option(
+    "--topic-prefix",
+    default="vitals-demo.",
+    show_default=True,
+    help="Prefix of every topic; the demo's own, not VITALS_TOPIC_PREFIX.",
+)
 def demo(
     accounts: int,
     rate: float,
-    time_scale: float,
+    time_scale: float | None,
+    invalid_rate: float,
     warmup_days: int,
     duration: float | None,
     refresh: float,
@@ -47,8 +70,8 @@ def demo(
     kafka_port: int,
     web_port: int | None,
     bootstrap: str | None,
-    app_id: str | None,
-    topic_prefix: str | None,
+    app_id: str,
+    topic_prefix: str,
 ) -> None:
     """Run vitals end to end on local defaults and watch the portfolio live.
 
@@ -57,10 +80,16 @@ def demo(
     in live mode, then redraws accounts per bucket, the latest bucket changes
     with their drivers, playbook triggers and events/s. The HTTP API stays up
     meanwhile. Ctrl-C stops everything; a JSON summary line goes to stdout.
+
+    The demo is a deployment of its own (--app-id, --topic-prefix), so it
+    never shares a consumer group with another vitals on the same broker; it
+    stops at once if its HTTP port (or, when it starts a broker, the Kafka
+    port) is taken. About 0.5% of the simulated messages are invalid on
+    purpose (--invalid-rate): the "dead-lettered" count shows them rejected.
     """
     from service.tools.demo import DemoOptions, run_demo
 
-    if accounts < 1 or rate <= 0 or time_scale <= 0 or refresh <= 0:
+    if accounts < 1 or rate <= 0 or (time_scale is not None and time_scale <= 0) or refresh <= 0:
         raise CliError("--accounts, --rate, --time-scale and --refresh must be positive")
     settings = settings_from_options(
         database_url=f"sqlite+aiosqlite:///{(data_dir / 'vitals.db').resolve()}",
@@ -75,6 +104,7 @@ def demo(
         accounts=accounts,
         rate=rate,
         time_scale=time_scale,
+        invalid_rate=invalid_rate,
         warmup_days=warmup_days,
         duration=duration,
         refresh=refresh,

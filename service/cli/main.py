@@ -56,8 +56,13 @@ def settings_from_options(**options: object) -> Settings:
         return load_settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
+        # pydantic prefixes the message of a plain ValueError with "Value error, ".
+        message = first["msg"].removeprefix("Value error, ")
         location = ".".join(map(str, first["loc"]))
-        raise CliError(f"invalid setting {location}: {first['msg']}") from exc
+        if not location:  # a rule across settings (e.g. SASL needs a user name)
+            raise CliError(f"invalid settings: {message}") from exc
+        name = f"VITALS_{location.upper()}"
+        raise CliError(f"invalid setting {name} ({location}): {message}") from exc
 
 
 class LazyGroup(click.Group):

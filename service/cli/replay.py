@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -15,7 +19,10 @@ from service.model.scorecard import ScorecardError, default_scorecard, load_scor
 from service.processing.replay import InvalidLine
 from service.processing.replay import replay as run_replay
 
-__all__ = ["parse_as_of", "replay"]
+__all__ = ["PROGRESS_INTERVAL_S", "parse_as_of", "replay", "with_progress"]
+
+#: Seconds between two progress lines on stderr (a short replay prints none).
+PROGRESS_INTERVAL_S = 5.0
 
 
 def _fail(message: str) -> NoReturn:
@@ -40,6 +47,54 @@ def parse_as_of(text: str) -> int:
         return parse_timestamp(value)
     except PydanticCustomError as exc:
         _fail(f"--as-of: {exc.message()}")
+
+
+def with_progress(
+    lines: Iterable[bytes],
+    total_bytes: int | None,
+    report: Callable[[str], None],
+    *,
+    interval_s: float = PROGRESS_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[bytes]:
+    """``lines`` unchanged; every ``interval_s`` seconds ``report`` gets one
+    progress line (lines read, share of ``total_bytes`` when known, rate)."""
+    started = last = clock()
+    done = 0
+    for count, line in enumerate(lines, start=1):
+        done += len(line)
+        if count % 1000 == 0:
+            now = clock()
+            if now - last >= interval_s:
+                last = now
+                share = f" ({100 * done / total_bytes:.0f}%)" if total_bytes else ""
+                rate = count / max(now - started, 1e-9)
+                report(f"vitals replay: {count:,} lines read{share}, {rate:,.0f} lines/s")
+        yield line
+
+
+def _size(stream: IO[bytes]) -> int | None:
+    """The size of a regular file behind ``stream`` (None for a pipe or a terminal)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) and info.st_size > 0 else None
+
+
+def _open_outputs(paths: Iterable[Path | None]) -> list[IO[bytes] | None]:
+    """Open every output file before the replay: a path that cannot be written
+    fails now, in one line, not after the whole run."""
+    opened: list[IO[bytes] | None] = []
+    try:
+        for path in paths:
+            opened.append(None if path is None else path.open("wb"))
+    except OSError as exc:
+        for sink in opened:
+            if sink is not None:
+                sink.close()
+        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+    return opened
 
 
 @click.command("replay")
@@ -90,18 +145,24 @@ def replay(
     def report(bad: InvalidLine) -> None:
         click.echo(f"vitals replay: {bad}", err=True)
 
-    result = run_replay(events, card, as_of=as_of, on_invalid=report)
+    changes_sink, triggers_sink = _open_outputs([changes_path, triggers_path])
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    lines = with_progress(events, _size(events), progress)
+    result = run_replay(lines, card, as_of=as_of, on_invalid=report)
     out = click.get_binary_stream("stdout")
     for score in result.scores:
         out.write(orjson.dumps(score.model_dump(mode="json")) + b"\n")
     out.flush()
     try:
-        if changes_path is not None:
-            with changes_path.open("wb") as sink:
+        if changes_sink is not None:
+            with changes_sink:
                 for change in result.changes:
-                    sink.write(orjson.dumps(change.model_dump(mode="json")) + b"\n")
-        if triggers_path is not None:
-            triggers_path.write_bytes(b"")
+                    changes_sink.write(orjson.dumps(change.model_dump(mode="json")) + b"\n")
+        if triggers_sink is not None:
+            triggers_sink.close()
             click.echo(
                 f"vitals replay: playbooks are not implemented yet; {triggers_path} is empty",
                 err=True,

@@ -33,12 +33,13 @@ def worker(
 ) -> None:
     """Consume the input topics, keep account state, serve HTTP and /metrics.
 
-    Runs until interrupted (Ctrl-C or SIGTERM), then stops cleanly. All
-    settings come from VITALS_* environment variables; options override them.
+    Runs until interrupted (Ctrl-C or SIGTERM), then stops within
+    VITALS_SHUTDOWN_GRACE_S seconds (a second signal stops it at once) and
+    logs one line about anything left undone; exit status 0 when nothing
+    was, 1 when something was. All settings come from VITALS_* environment
+    variables; options override them.
     """
     import logging
-
-    import faust
 
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)
     settings = settings_from_options(
@@ -51,7 +52,7 @@ def worker(
     from service.model.playbooks import PlaybookError
     from service.model.scorecard import ScorecardError
     from service.runtime.topics import TopicError, ensure_topics
-    from streams.topology import build_worker_app, worker_playbooks, worker_scorecard
+    from streams.topology import build_worker, worker_playbooks, worker_scorecard
 
     try:
         scorecard = worker_scorecard(settings)
@@ -65,19 +66,29 @@ def worker(
 
     # faust creates only the last folder of its data dir.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = build_worker_app(settings, scorecard)
-    from service.runtime.log_limit import limit_repeats
+    top, _, shutdown = build_worker(settings, scorecard)
+    from service.runtime.log_limit import limit_http_errors, limit_repeats
+    from service.runtime.log_safety import log_thread_exceptions
+    from streams.shutdown import VitalsWorker, run_worker
 
     # A broker outage must not flood the log (docs/reliability.md).
     limit_repeats(("aiokafka", "faust.transport"))
+    # Nor may malformed HTTP requests, from anyone who can reach the port.
+    limit_http_errors()
+    log_thread_exceptions()
     # Results belong on stdout; faust's banner and logs go to stderr.
-    runner = faust.Worker(
-        app, loglevel=settings.log_level, stdout=sys.stderr, stderr=sys.stderr, quiet=True
+    runner = VitalsWorker(
+        top.app,
+        shutdown,
+        loglevel=settings.log_level,
+        stdout=sys.stderr,
+        stderr=sys.stderr,
+        quiet=True,
     )
     if profile_to is None:
-        runner.execute_from_commandline()
+        run_worker(runner)
     else:
-        _profiled(runner.execute_from_commandline, profile_to)
+        _profiled(lambda: run_worker(runner), profile_to)
 
 
 def _profiled(run: Any, path: Path) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "pulses_for",
     "redact_url",
     "score_history",
+    "score_span",
     "triggers_for",
 ]
 
@@ -103,6 +104,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args.setdefault("timeout", 30)
         kwargs["connect_args"] = connect_args
+    # A failed statement's message would quote its parameters (account and
+    # user ids, pulse reasons) into the logs.
+    kwargs.setdefault("hide_parameters", True)
     try:
         engine = create_async_engine(parsed, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -251,6 +255,17 @@ async def score_history(
             item["payload"] = row.payload
         result.append(item)
     return result
+
+
+async def score_span(engine: AsyncEngine, account_id: str) -> tuple[int, int] | None:
+    """``(first, last)`` ``as_of`` (epoch ms) of the account's stored scores; ``None`` if none."""
+    t = ScoreHistoryRow
+    query = select(func.min(t.as_of), func.max(t.as_of)).where(t.account_id == account_id)
+    async with engine.connect() as connection:
+        first, last = (await connection.execute(query)).one()
+    if first is None or last is None:
+        return None
+    return int(first), int(last)
 
 
 async def latest_bucket_counts(

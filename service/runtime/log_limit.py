@@ -6,6 +6,14 @@ wrote 18 MB (2,300 lines/s) to a worker's log (docs/reliability.md). The
 first occurrence of a message is always logged; repeats of the same logger
 and message template within ``interval_s`` are counted and dropped, and the
 next one that passes says how many were dropped.
+
+The same holds for the worker's HTTP server: aiohttp logs every malformed
+request (``Content-Length: -1``, a broken request line...) at ERROR with an
+11-line traceback, so 300 such requests wrote 3,300 lines in 0.3 s, from
+anyone who can reach the port, token or not. :func:`limit_http_errors` makes
+a client's malformed request one WARNING line (no traceback: it is not our
+bug; no request text: it may hold a token), and limits those lines, like any
+other server error, to one per template per interval.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["RepeatFilter", "limit_repeats"]
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["ClientErrorFilter", "RepeatFilter", "limit_http_errors", "limit_repeats"]
 
 
 class RepeatFilter(logging.Filter):
@@ -63,3 +73,38 @@ def limit_repeats(
     for name in [*wanted, *names]:
         logging.getLogger(name).addFilter(shared)
     return shared
+
+
+class ClientErrorFilter(logging.Filter):
+    """Turn aiohttp's log record of a malformed request into one WARNING line.
+
+    A record whose exception is an ``HttpProcessingError`` (the request could
+    not be parsed: the client's fault) loses its traceback and keeps only
+    the error's first line, e.g. ``bad HTTP request from 10.0.0.7: 400
+    BadHttpMessage (Invalid character in Content-Length)``. Other records
+    (a handler's bug) pass unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            first = (exc.message or "").strip().splitlines()
+            what = first[0].rstrip(":") if first else ""
+            record.msg = "bad HTTP request from %s: %s %s (%s)"
+            record.args = (remote, exc.code, type(exc).__name__, what)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
+def limit_http_errors(interval_s: float = 10.0) -> RepeatFilter:
+    """Filter the aiohttp server's error log: client errors made one line, then
+    at most one record per message template per ``interval_s``."""
+    server = logging.getLogger("aiohttp.server")
+    server.addFilter(ClientErrorFilter())
+    limiter = RepeatFilter(interval_s)
+    server.addFilter(limiter)
+    return limiter

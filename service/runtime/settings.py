@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, le=65535)
     data_dir: Path = Field(Path("var/worker"), description="Worker-local files.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_grace_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "After SIGINT/SIGTERM the worker finishes what it can (final commit, webhook"
+            " deliveries) for at most this long, then exits, logging what it left undone."
+        ),
+    )
 
     @field_validator("topic_prefix")
     @classmethod

@@ -162,6 +162,8 @@ class WebhookDispatcher:
         self._rng = rng or random.Random()
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(queue_size)
         self._workers: list[asyncio.Task[None]] = []
+        #: Triggers a worker task is delivering right now (taken off the queue).
+        self._delivering = 0
         self._closed = False
         self._last_drop_log = float("-inf")
         self.stats = DeliveryStats()
@@ -218,29 +220,39 @@ class WebhookDispatcher:
             return False
         return True
 
-    async def stop(self, drain_timeout: float = 10.0) -> None:
+    @property
+    def undelivered(self) -> int:
+        """Triggers queued or being delivered: what a stop now would leave undelivered."""
+        return self._queue.qsize() + self._delivering
+
+    async def stop(self, drain_timeout: float = 10.0) -> int:
         """Stop accepting triggers, deliver the queued ones for at most
         ``drain_timeout`` seconds, then cancel the workers; anything still
-        undelivered is counted as failed. Closes the session it opened."""
+        undelivered is counted as failed. Closes the session it opened.
+
+        Returns how many triggers were left undelivered (queued or cancelled
+        mid-delivery); the caller reports them (the worker does, in its one
+        shutdown line), so this method does not log them.
+        """
         self._closed = True
+        left = 0
         if self._workers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), drain_timeout)
+            left += self._delivering
             for worker in self._workers:
                 worker.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers = []
-        left = 0
         while not self._queue.empty():
             self._queue.get_nowait()
             self._queue.task_done()
             self._fail()
             left += 1
-        if left:
-            log.warning("webhook: %d triggers not delivered before shutdown", left)
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+        return left
 
     # ------------------------------------------------------------ internals
 
@@ -264,6 +276,7 @@ class WebhookDispatcher:
     async def _work(self) -> None:
         while True:
             key, body = await self._queue.get()
+            self._delivering += 1
             try:
                 await self._deliver(key, body)
             except asyncio.CancelledError:
@@ -273,6 +286,7 @@ class WebhookDispatcher:
                 log.exception("webhook: unexpected error delivering trigger %s", key)
                 self._fail()
             finally:
+                self._delivering -= 1
                 self._queue.task_done()
 
     async def _deliver(self, key: str, body: bytes) -> None:

@@ -6,6 +6,12 @@ history sink and the simulator in live mode, and redraws a dashboard from the
 worker's HTTP API and the output topics. Ctrl-C or SIGTERM (or ``--duration``)
 stops the children, then the broker if the demo started it; no process is
 left behind.
+
+The demo runs as its own deployment (app id ``vitals-demo``, topic prefix
+``vitals-demo.`` unless told otherwise), so that it never joins the consumer
+group of another vitals on the same broker; it checks its ports before
+starting anything; and whatever it prints from the topics goes through
+:func:`shown`, so that ids and reasons cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,14 +36,49 @@ import orjson
 from service.runtime.settings import Settings
 from service.tools.child_process import spawn, vitals_command, worker_env
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DEMO_APP_ID", "DEMO_TOPIC_PREFIX", "DemoError", "DemoOptions", "run_demo", "shown"]
+
+#: The demo's consumer group and topic prefix: never those of a real deployment.
+DEMO_APP_ID = "vitals-demo"
+DEMO_TOPIC_PREFIX = "vitals-demo."
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run as asked (one line for the command line)."""
+
+
+def shown(text: object, width: int | None = None) -> str:
+    """``text`` safe for a terminal: anything not printable (control characters,
+    escape sequences, bidi overrides) as a Python escape; cut to ``width``."""
+    value = str(text)
+    if not value.isprintable():
+        value = "".join(
+            char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+            for char in value
+        )
+    if width is not None and len(value) > width:
+        value = value[: max(0, width - 1)] + "…"
+    return value
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on (or holds) ``host:port``."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     accounts: int = 200
     rate: float = 100.0
-    time_scale: float = 3600.0
+    #: Simulated seconds per wall second; None: what gives ``rate``.
+    time_scale: float | None = None
+    #: Share of deliberately invalid messages (they go to the dead-letter topic).
+    invalid_rate: float = 0.005
     warmup_days: int = 30
     duration: float | None = None
     refresh: float = 2.0
@@ -100,13 +142,14 @@ class Dashboard:
                 f"{d['metric']} {d['contribution_delta']:+.1f}"
                 for d in change.get("drivers", [])[:3]
             )
-            move = f"{change['from_bucket']:>6} -> {change['to_bucket']:<6}"
-            lines.append(f"  {change['account_id']:<12} {move} {change['score']:5.1f}  {drivers}")
+            move = f"{shown(change['from_bucket']):>6} -> {shown(change['to_bucket']):<6}"
+            account = shown(change["account_id"], 32)
+            lines.append(f"  {account:<12} {move} {change['score']:5.1f}  {shown(drivers)}")
         lines += ["", f"playbook triggers ({self.trigger_count} in all)"]
         for trigger in reversed(self.triggers):
-            lines.append(
-                f"  {trigger['account_id']:<12} {trigger['playbook']:<16} {trigger['reason']}"
-            )
+            account = shown(trigger["account_id"], 32)
+            playbook = shown(trigger["playbook"], 32)
+            lines.append(f"  {account:<12} {playbook:<16} {shown(trigger['reason'], 200)}")
         lines += ["", "HTTP API: /portfolio, /accounts/<id>/health  (Ctrl-C stops everything)"]
         text = "\n".join(lines)
         return ("\x1b[H\x1b[2J" + text) if tty else text
@@ -244,15 +287,27 @@ def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout
     """Run the demo until stopped; returns the final summary."""
     from service.history.db import migrate
     from service.runtime.topics import ensure_topics
-    from service.tools.kafka_local import LocalKafka, wait_ready
+    from service.tools.kafka_local import DEFAULT_CONTROLLER_PORT, LocalKafka, wait_ready
 
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    if port_in_use(settings.web_port):
+        raise DemoError(
+            f"port {settings.web_port} is in use (another vitals?): stop it, "
+            "or choose another port with --web-port"
+        )
     broker: LocalKafka | None = None
     try:
         wait_ready(settings.bootstrap_servers, 3)
         print(f"vitals demo: using Kafka at {settings.bootstrap_servers}", file=sys.stderr)
     except Exception:
+        for port, option in ((options.kafka_port, "--kafka-port"), (DEFAULT_CONTROLLER_PORT, "")):
+            if port_in_use(port):
+                how = f"choose another with {option}" if option else "free it"
+                raise DemoError(
+                    f"port {port} is in use but no Kafka broker answers at "
+                    f"{settings.bootstrap_servers}: {how}"
+                ) from None
         broker = LocalKafka(data_dir=data_dir / "kafka", port=options.kafka_port)
         print(f"vitals demo: starting Kafka on 127.0.0.1:{options.kafka_port}", file=sys.stderr)
         broker.start(timeout=120)
@@ -276,25 +331,23 @@ def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout
         children.start("worker", ["worker"], env)
         children.start("history-sink", ["history-sink", "--no-migrate"], env)
         _wait_worker(settings, children)
-        children.start(
-            "simulator",
-            [
-                "simulate",
-                "--mode",
-                "live",
-                "--accounts",
-                str(options.accounts),
-                "--rate",
-                str(options.rate),
-                "--time-scale",
-                str(options.time_scale),
-                "--warmup-days",
-                str(options.warmup_days),
-                "--invalid-rate",
-                "0.005",
-            ],
-            env,
-        )
+        simulate = [
+            "simulate",
+            "--mode",
+            "live",
+            "--accounts",
+            str(options.accounts),
+            "--rate",
+            str(options.rate),
+            "--warmup-days",
+            str(options.warmup_days),
+            "--invalid-rate",
+            str(options.invalid_rate),
+        ]
+        if options.time_scale is not None:
+            # Both given: the rate only caps what the time scale produces.
+            simulate += ["--time-scale", str(options.time_scale)]
+        children.start("simulator", simulate, env)
         stop = asyncio.Event()
 
         async def main() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,9 +17,20 @@ from schemas.events import parse_timestamp
 from streams.app import Topology
 from streams.processor import Processor
 
-__all__ = ["Api", "Handler", "error", "json_response", "post_view", "time_param"]
+__all__ = [
+    "Api",
+    "Handler",
+    "ParamError",
+    "error",
+    "int_param",
+    "json_response",
+    "post_view",
+    "time_param",
+]
 
 Handler = Callable[..., Awaitable[Response]]
+
+log = logging.getLogger("vitals.web")
 
 
 def error(web: View, status: int, reason: str, detail: str, **extra: Any) -> Response:
@@ -29,15 +42,43 @@ def json_response(web: View, body: Any, status: int = 200) -> Response:
     return web.bytes(orjson.dumps(body), content_type="application/json", status=status)
 
 
+class ParamError(ValueError):
+    """A query parameter that cannot be used; the message says what can be asked."""
+
+
+def _shown(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:37] + "...")
+
+
 def time_param(request: Request, name: str) -> int | None:
     """Query parameter ``name`` as epoch ms (RFC 3339 or epoch ms); ``None`` if absent.
 
-    Raises ``ValueError`` / ``TypeError`` for a value that is not a time.
+    Raises :class:`ParamError` for a value that is not a time.
     """
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    return parse_timestamp(int(raw) if raw.isdigit() else raw)
+    try:
+        return parse_timestamp(int(raw) if raw.isdigit() else raw)
+    except ValueError:
+        raise ParamError(
+            f"{name} must be an RFC 3339 time with an offset (e.g. 2026-11-20T00:00:00Z) "
+            f"or epoch milliseconds, got {_shown(raw)}"
+        ) from None
+
+
+def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    """Query parameter ``name`` as an integer in ``[low, high]``; ``default`` if absent.
+
+    Raises :class:`ParamError` for anything else.
+    """
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    text = raw.strip()
+    if re.fullmatch(r"-?[0-9]{1,12}", text) is None or not low <= int(text) <= high:
+        raise ParamError(f"{name} must be an integer from {low} to {high}, got {_shown(raw)}")
+    return int(text)
 
 
 def post_view(handler: Handler) -> type[View]:
@@ -57,12 +98,18 @@ class Api:
         secret = self.settings.api_token
         self.token = secret.get_secret_value().encode() if secret else None
         self._history_engine: Any = None
+        if self.token is None:
+            log.warning(
+                "VITALS_API_TOKEN is not set: POST /events and POST /accounts/{id}/pulse "
+                "answer 401 until it is"
+            )
 
     def authorised(self, request: Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        if self.token is None or not header.startswith("Bearer "):
+        """``Authorization: Bearer <token>``; the scheme is case-insensitive (RFC 9110)."""
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        if self.token is None or scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(header[len("Bearer ") :].encode(), self.token)
+        return hmac.compare_digest(credentials.strip().encode(), self.token)
 
     def guard(self, *, write: bool) -> Callable[[Handler], Handler]:
         """Token check (POST always, GET if configured) before the handler runs."""

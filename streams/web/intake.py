@@ -3,45 +3,69 @@ produced to the input topics, answered once Kafka acknowledged them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Final
 
 import orjson
 from faust.web import Request, Response, View
 
-from service.api.intake import BodyError, parse_events_body, pulse_body_to_event, validate_batch
+from service.api.intake import (
+    MAX_LISTED_ERRORS,
+    BodyError,
+    parse_events_body,
+    pulse_body_to_event,
+    validate_batch,
+    validate_batch_async,
+)
 from streams.web.common import Api, error, json_response, post_view
 
-__all__ = ["install_intake"]
+__all__ = ["CONCURRENT_VALIDATIONS", "install_intake"]
+
+#: Bodies validated at the same time; more wait their turn, so that many big
+#: requests at once cannot crowd out the worker's other requests and timers.
+CONCURRENT_VALIDATIONS: Final = 2
 
 
 def install_intake(api: Api) -> None:
     app, settings = api.app, api.settings
+    validating = asyncio.Semaphore(CONCURRENT_VALIDATIONS)
 
     @api.guard(write=True)
     async def post_events(web: View, request: Request) -> Response:
         """Validate a batch (object, array or NDJSON) exactly like the Kafka path.
 
         202 when every event is valid and acknowledged by Kafka; 400 listing
-        every error, with nothing produced, otherwise.
+        the first errors (and counting the rest), with nothing produced, otherwise.
         """
         body = await api.read_body(web, request)
         if not isinstance(body, bytes):
             return body
-        try:
-            items = parse_events_body(body, request.headers.get("Content-Type", ""))
-        except BodyError as exc:
-            return error(web, 400, exc.reason, exc.detail, errors=[])
-        valid, errors = validate_batch(
-            items, now_ms=int(time.time() * 1000), max_future_ms=settings.max_future_ms
-        )
-        if errors:
+        async with validating:
+            try:
+                items = parse_events_body(body, request.headers.get("Content-Type", ""))
+            except BodyError as exc:
+                return error(web, 400, exc.reason, exc.detail, errors=[])
+            del body
+            result = await validate_batch_async(
+                items, now_ms=int(time.time() * 1000), max_future_ms=settings.max_future_ms
+            )
+        if result.invalid:
+            listed = (
+                ""
+                if not result.unlisted
+                else f" (the first {MAX_LISTED_ERRORS} are listed, {result.unlisted} more)"
+            )
             return error(
                 web,
                 400,
                 "invalid_events",
-                f"{len(errors)} of {len(items)} events are invalid; nothing was accepted",
-                errors=errors,
+                f"{result.invalid} of {len(items)} events are invalid; nothing was accepted"
+                + listed,
+                errors=result.errors,
+                errors_not_listed=result.unlisted,
             )
+        valid = result.valid
         await api.produce(
             [(item.topic_kind, item.event.account_id.encode(), item.value) for item in valid]
         )
@@ -62,12 +86,13 @@ def install_intake(api: Api) -> None:
             return error(web, 400, "not_json", f"the body is not valid JSON: {exc}", errors=[])
         except BodyError as exc:
             return error(web, 400, exc.reason, exc.detail, errors=[])
-        valid, errors = validate_batch(
+        result = validate_batch(
             [event], now_ms=int(time.time() * 1000), max_future_ms=settings.max_future_ms
         )
-        if errors:
-            return error(web, 400, "invalid_pulse", errors[0]["detail"], errors=errors[0]["errors"])
-        await api.produce([("engagement", account_id.encode(), valid[0].value)])
+        if result.invalid:
+            first = result.errors[0]
+            return error(web, 400, "invalid_pulse", first["detail"], errors=first["errors"])
+        await api.produce([("engagement", account_id.encode(), result.valid[0].value)])
         return json_response(web, {"accepted": 1, "event_id": event["event_id"]}, 202)
 
     app.page("/events")(post_view(post_events))

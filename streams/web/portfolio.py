@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from faust.web import Request, Response, View
 
+from schemas.outputs import format_utc
 from service.api.portfolio import AccountSummary, merge, summarise
 from streams.web.common import Api, json_response
 
@@ -41,7 +42,7 @@ def install_portfolio(api: Api) -> None:
         body["complete"] = not unreachable
         if unreachable:
             body["unreachable"] = sorted(unreachable)
-        body["as_of"] = int(time.time() * 1000)
+        body["as_of"] = format_utc(int(time.time() * 1000))
         return json_response(web, body)
 
 

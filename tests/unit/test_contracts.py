@@ -232,7 +232,8 @@ INVALID: list[tuple[str, bytes | None, str | None, bytes | None, str, str | None
     ("empty_event_id", body("login", event_id=""), None, KEY, "invalid_field", "login"),
     ("long_account_id", body("login", account_id="a" * 129), None, None, "invalid_field", "login"),
     ("unknown_type", body("login", type="logout"), "login", KEY, "unknown_type", "login"),
-    ("missing_type", body("login", type=DROP), "login", KEY, "unknown_type", "login"),
+    ("missing_type", body("login", type=DROP), "login", KEY, "missing_field", "login"),
+    ("null_type", body("login", type=None), "login", KEY, "unknown_type", "login"),
     ("type_not_string", body("login", type=["login"]), "login", KEY, "unknown_type", "login"),
     ("login_on_feature_use", body("login"), "feature-use", KEY, "wrong_topic", None),
     ("unknown_topic_kind", body("login"), "logins", KEY, "wrong_topic", None),
@@ -339,6 +340,33 @@ INVALID: list[tuple[str, bytes | None, str | None, bytes | None, str, str | None
         "login",
     ),
     ("schema_version_0", body("login", schema_version=0), None, KEY, "invalid_field", "login"),
+    # Ids and texts (issue 13): storable in PostgreSQL, harmless on a terminal.
+    ("nul_account_id", body("login", account_id="acme\x00"), None, None, "invalid_field", "login"),
+    ("crlf_account_id", body("login", account_id="ac\r\nme"), None, None, "invalid_field", "login"),
+    ("space_account_id", body("login", account_id=" "), None, None, "invalid_field", "login"),
+    ("padded_event_id", body("login", event_id="evt-1 "), None, KEY, "invalid_field", "login"),
+    ("escape_user_id", body("login", user_id="\x1b[2J"), None, KEY, "invalid_field", "login"),
+    ("c1_user_id", body("login", user_id="u\x9b1"), None, KEY, "invalid_field", "login"),
+    (
+        "long_ticket_id",
+        body("support_ticket", ticket_id="t" * 129),
+        None,
+        KEY,
+        "invalid_field",
+        "support_ticket",
+    ),
+    (
+        "nbsp_feature",
+        body("feature_use", feature="\u00a0"),
+        None,
+        KEY,
+        "invalid_field",
+        "feature_use",
+    ),
+    ("huge_reason", body("pulse", reason="r" * 1_000_000), None, KEY, "invalid_field", "pulse"),
+    ("blank_reason", body("pulse", reason="  "), None, KEY, "invalid_field", "pulse"),
+    ("newline_reason", body("pulse", reason="a\nb"), None, KEY, "invalid_field", "pulse"),
+    ("expires_in_1970", body("pulse", expires_at=0), None, KEY, "invalid_field", None),
 ]
 
 
@@ -374,6 +402,24 @@ def test_invalid_table_covers_every_reason() -> None:
     assert {row[4] for row in INVALID} == set(REASONS)
 
 
+def test_id_and_text_errors_say_what_is_wrong() -> None:
+    cases = {
+        body("login", account_id="ac\x00me"): (
+            "account_id: must not contain control characters (U+0000 at index 2)"
+        ),
+        body("login", user_id=" dana"): "user_id: must not start or end with whitespace",
+        body("pulse", reason="\u3000"): "reason: must not be blank",
+        body("pulse", reason="r" * 1001): "reason: String should have at most 1000 characters",
+        body("pulse", expires_at="2024-05-05T09:59:59Z"): (
+            "expires_at: expires_at must not be before occurred_at"
+        ),
+    }
+    for value, detail in cases.items():
+        with pytest.raises(Rejected) as info:
+            decode(value, None, None)
+        assert info.value.detail == detail
+
+
 # Valid variants: accepted by the decoder and by the schema.
 VALID: list[tuple[str, bytes]] = [
     ("int_occurred_at", body("login", occurred_at=1_714_555_800_000)),
@@ -397,6 +443,10 @@ VALID: list[tuple[str, bytes]] = [
     ("contract_no_amount", body("contract", amount=DROP)),
     ("invoice_null_amount", body("invoice", amount=None)),
     ("future_within_5_minutes", body("login", occurred_at=NOW + 300_000)),
+    ("id_128_non_ascii", body("login", user_id="é" * 128)),
+    ("id_inner_spaces", body("login", user_id="Dana Whitfield (CSM)")),
+    ("reason_1000_padded", body("pulse", reason=" " + "r" * 998 + " ")),
+    ("expires_at_occurred_at", body("pulse", expires_at="2024-05-05T10:00:00Z")),
 ]
 
 

@@ -307,7 +307,7 @@ async def test_stop_drains_the_queue(receiver: Receiver) -> None:
     await d.start()
     triggers = [trigger(i) for i in range(20)]
     assert all(d.submit(t) for t in triggers)
-    await d.stop(drain_timeout=WAIT_S)
+    assert await d.stop(drain_timeout=WAIT_S) == 0
     # Everything queued before stop() was delivered by the time it returned.
     assert sorted(h.key for h in receiver.successes()) == sorted(t["trigger_id"] for t in triggers)
     assert (d.stats.delivered, d.stats.failed, d.pending) == (20, 0, 0)
@@ -326,9 +326,11 @@ async def test_stop_gives_up_after_the_drain_timeout(receiver: Receiver) -> None
     await d.start()
     assert all(d.submit(trigger(i)) for i in range(3))
     await receiver.wait_until(lambda: len(receiver.arrivals()) == 1)
-    await asyncio.wait_for(d.stop(drain_timeout=0.2), WAIT_S)
+    assert d.undelivered == 3  # one being delivered, two queued
+    left = await asyncio.wait_for(d.stop(drain_timeout=0.2), WAIT_S)
     # One cancelled in flight, two never sent: all counted failed, none delivered.
-    assert (d.stats.delivered, d.stats.failed, d.pending) == (0, 3, 0)
+    assert left == 3
+    assert (d.stats.delivered, d.stats.failed, d.pending, d.undelivered) == (0, 3, 0, 0)
     assert counts() == {"delivered": 0, "retried": 0, "failed": 3}
 
 
