@@ -116,6 +116,7 @@
     showPulse(ov.pulse, ov.health.as_of);
     showDrivers(ov);
     showEvents(ov.state);
+    document.body.dataset.shown = "overview"; // for tests and scripts: an overview is on the page
   }
 
   async function loadHistory() {
@@ -147,7 +148,7 @@
       text: `${body.scores.length} stored scores · ${changes.length} bucket changes · ${triggers.length} playbook triggers` }));
   }
 
-  async function refresh() {
+  async function loadOverview() {
     let ov;
     try {
       ov = await V.api(base + "/overview");
@@ -161,9 +162,15 @@
     }
     notices.replaceChildren();
     show(ov);
-    await loadHistory();
     live.textContent = `live · updated ${new Date().toISOString().slice(11, 19)} UTC`;
     live.classList.remove("stale");
+  }
+
+  // The overview (live state, from the owning worker) and the history (SQL)
+  // fail independently: either one still shows when the other does not answer.
+  async function refresh() {
+    await loadOverview();
+    await loadHistory();
   }
 
   function pulseBody(form) {
