@@ -35,7 +35,8 @@ def account_overview(state: AccountState, scorecard: Scorecard, as_of: int) -> d
 
     ``gates``: ``[{name, reason, effect, bucket, decided}]``, the gates that fired
     (``effect`` ``cap``: the bucket is at most ``bucket``; ``decided``: that cap
-    set the bucket). ``pulse``: ``{rating, reason, author, occurred_at,
+    set the bucket, i.e. it capped below the score's own bucket and the account
+    ended in ``bucket``). ``pulse``: ``{rating, reason, author, occurred_at,
     expires_at, expired}`` or ``None`` (``author`` is ``None`` when not known).
     """
     health: dict[str, Any] = score_at(state, as_of, scorecard).model_dump(mode="json")
@@ -50,7 +51,11 @@ def account_overview(state: AccountState, scorecard: Scorecard, as_of: int) -> d
                 "reason": by_name[name].reason if name in by_name else "",
                 "effect": "cap",
                 "bucket": by_name[name].cap if name in by_name else None,
-                "decided": name in evaluation.capping_gates,
+                # Several gates can cap below the score's bucket; the one
+                # whose cap is the bucket the account ended in set it.
+                "decided": name in evaluation.capping_gates
+                and name in by_name
+                and by_name[name].cap == evaluation.bucket,
             }
             for name in evaluation.gates_fired
         ]

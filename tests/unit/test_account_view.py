@@ -63,10 +63,10 @@ def test_the_overview_names_the_gates_with_their_reasons() -> None:
         assert (gate["reason"], gate["bucket"]) == reasons[gate["name"]]
         assert gate["effect"] == "cap"
     decided = {gate["name"] for gate in overview["gates"] if gate["decided"]}
-    assert decided == set(evaluation.capping_gates)
     assert overview["health"]["bucket"] == "red"
-    if evaluation.score_bucket != "red":
-        assert "shelfware" in decided, "the red cap decided the bucket"
+    assert evaluation.score_bucket != "red", "the gates, not the score, make it red"
+    assert "shelfware" in evaluation.capping_gates
+    assert decided == {"shelfware"}, "the red cap set the bucket"
     assert overview["health"]["score"] == round(evaluation.score, 1)
     assert overview["labels"]["active_seat_ratio_30d"].startswith("Share of paid seats")
     assert overview["buckets"] == {"green": 70, "yellow": 45, "hysteresis": 3}
@@ -113,3 +113,26 @@ def test_summaries_carry_segment_stage_owner_and_trends() -> None:
     on_event(bare, event("login", T0, user_id="u1"), default_scorecard())
     assert summary_from_state(bare) is not None
     assert summary_from_state(bare).stage == "unknown"  # type: ignore[union-attr]
+
+
+def test_only_the_gate_whose_cap_is_the_bucket_decided_it() -> None:
+    """Two gates cap below a green score (yellow and red): the red one set the bucket."""
+    card = default_scorecard()
+    state = AccountState.new("acme")
+    events = [event("account", T0, seats=4, segment="mid_market", lifecycle_stage="maturity")]
+    for day in range(40):
+        for user in ("u1", "u2", "u3", "u4"):
+            when = T0 + day * DAY + 9 * 3_600_000
+            events.append(event("login", when, user_id=user))
+            events.append(event("feature_use", when + 1, user_id=user, feature="reports"))
+    events.append(event("csm_touch", T0 + 39 * DAY, channel="call"))
+    for e in events:
+        on_event(state, e, card)
+    silent = T0 + 60 * DAY  # 20 days without activity: quiet (yellow) and gone_silent (red)
+    evaluation = evaluate(state, silent, card)
+    overview = account_overview(state, card, silent)
+    fired = {gate["name"]: gate for gate in overview["gates"]}
+    assert {"quiet", "gone_silent"} <= set(fired), evaluation
+    assert overview["health"]["bucket"] == "red"
+    assert fired["gone_silent"]["decided"] is True
+    assert fired["quiet"]["decided"] is False
