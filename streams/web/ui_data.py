@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from faust.exceptions import SameNode
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 
 from service.api.account_list import AccountQuery, QueryError, local_part, merge_parts
 from service.api.account_view import account_overview
@@ -73,9 +75,28 @@ def install_ui_data(api: Api) -> None:
 
     @app.page("/accounts/{account_id}/overview")
     @api.guard(write=False)
-    @app.table_route(table=accounts, match_info="account_id")
     async def overview(web: View, request: Request, account_id: str) -> Response:
-        """Health, state, gates with reasons, pulse and metric labels of one account."""
+        """Health, state, gates with reasons, pulse and metric labels of one account.
+
+        Routed to the worker that owns the account, like ``/health``; when that
+        worker does not answer, 503 ``owner_unreachable`` names it.
+        """
+        try:
+            return await app.router.route_req(accounts.name, account_id, web.web, request)
+        except SameNode:
+            pass
+        except ServiceUnavailable:
+            return error(web, 503, "not_ready", "no worker owns this account yet (rebalancing)")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            owner = str(app.router.key_store(accounts.name, account_id)).rstrip("/")
+            log.warning("worker %s did not answer for an account it owns: %s", owner, exc)
+            return error(
+                web,
+                503,
+                "owner_unreachable",
+                f"the worker that owns this account ({owner}) does not answer",
+                worker=owner,
+            )
         state: AccountState | None = accounts.get(account_id.encode())
         if state is None or state.scored_at is None:
             return error(web, 404, "unknown_account", f"no score for {account_id!r}")

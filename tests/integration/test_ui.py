@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from service.model.scorecard import default_scorecard
+from service.processing.partitioning import account_partition
 from service.tools.child_process import spawn, stop_group, vitals_command, worker_env
 from tests.integration.workers import Namespace, WorkerProcess, free_port, wait_until
 
@@ -398,6 +399,10 @@ def test_a_missing_history_database_and_a_dead_worker_are_said_clearly(
             return status == 200 and body["workers"] == 2 and body["total"] == ACCOUNTS + 1
 
         wait_until(shared, timeout=120, interval=0.5, what="two workers sharing the accounts")
+        status, ready = api(f"{second.url}/readyz", token=None)
+        assert status == 200, ready
+        second_partitions = ready["account_partitions"]
+        assert second_partitions, ready
         page.goto(f"{second.url}/ui/account.html?id=acct-00001")
         # Another origin (port), so another sessionStorage: the token again.
         page.wait_for_selector("#notices .notice-error:has-text('needs a token')")
@@ -420,5 +425,15 @@ def test_a_missing_history_database_and_a_dead_worker_are_said_clearly(
         notice = page.wait_for_selector("#notices .notice-warning")
         text = str(notice.text_content())
         assert "did not answer" in text and f"127.0.0.1:{second.web_port}" in text
+        # An account of the dead worker's partitions: the page names the worker.
+        owned = set(second_partitions)
+        orphan = next(
+            f"acct-{i:05d}"
+            for i in range(ACCOUNTS)
+            if account_partition(f"acct-{i:05d}".encode(), world.worker.partitions) in owned
+        )
+        page.goto(f"{world.worker.url}/ui/account.html?id={orphan}")
+        notice = page.wait_for_selector("#notices .notice-error:has-text('does not answer')")
+        assert f"127.0.0.1:{second.web_port}" in str(notice.text_content())
     finally:
         second.stop()

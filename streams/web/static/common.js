@@ -70,6 +70,9 @@ const V = (() => {
         ? "The API refused the token (401): check it in the token field above."
         : "This API needs a token (401): enter it in the token field above.";
     }
+    if (exc.reason === "owner_unreachable") {
+      return "Another worker does not answer: " + exc.message + ". Its accounts cannot be shown until it is back or the group rebalances.";
+    }
     if (exc.reason === "history_unavailable") {
       return "The history database does not answer: " + exc.message + ".";
     }
