@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.outputs import format_utc
 from service.model.account_state import AccountState
 from service.model.scorecard import ResolvedProfile, Scorecard
 from service.model.scoring import evaluate, score_at
@@ -37,7 +38,8 @@ def account_overview(state: AccountState, scorecard: Scorecard, as_of: int) -> d
     (``effect`` ``cap``: the bucket is at most ``bucket``; ``decided``: that cap
     set the bucket, i.e. it capped below the score's own bucket and the account
     ended in ``bucket``). ``pulse``: ``{rating, reason, author, occurred_at,
-    expires_at, expired}`` or ``None`` (``author`` is ``None`` when not known).
+    expires_at, expired}`` or ``None`` (``author`` is ``None`` when not known;
+    times in RFC 3339).
     """
     health: dict[str, Any] = score_at(state, as_of, scorecard).model_dump(mode="json")
     evaluation = evaluate(state, as_of, scorecard)
@@ -87,7 +89,7 @@ def _pulse(state: AccountState, as_of: int) -> dict[str, Any] | None:
         "reason": reason,
         # The state keeps no author (the pulse event's optional ``author``).
         "author": None,
-        "occurred_at": occurred_at,
-        "expires_at": expires_at,
+        "occurred_at": format_utc(occurred_at),
+        "expires_at": None if expires_at is None else format_utc(expires_at),
         "expired": expires_at is not None and expires_at <= as_of,
     }

@@ -17,6 +17,7 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
+from schemas.outputs import format_utc
 from service.api.account_list import AccountQuery, QueryError, local_part, merge_parts
 from service.api.account_view import account_overview
 from service.api.portfolio import AccountSummary, summary_from_state
@@ -70,7 +71,9 @@ def install_ui_data(api: Api) -> None:
         body["complete"] = not unreachable
         if unreachable:
             body["unreachable"] = sorted(unreachable)
-        body["as_of"] = int(time.time() * 1000)
+        # RFC 3339, like every timestamp of the outputs (issue 13 moves the
+        # older pages from epoch ms to it too).
+        body["as_of"] = format_utc(int(time.time() * 1000))
         return json_response(web, body)
 
     @app.page("/accounts/{account_id}/overview")

@@ -83,8 +83,8 @@ def test_the_overview_shows_the_pulse_and_when_it_expires() -> None:
         "rating": "red",
         "reason": "champion left",
         "author": None,
-        "occurred_at": T0 + 30 * DAY,
-        "expires_at": T0 + 60 * DAY,
+        "occurred_at": "2024-04-03T00:00:00Z",
+        "expires_at": "2024-05-03T00:00:00Z",
         "expired": False,
     }
     later = account_overview(state, card, T0 + 61 * DAY)["pulse"]
