@@ -247,6 +247,7 @@ _ACCOUNT_SNAPSHOT_FIELDS: Final = (
     "lifecycle_stage",
     "customer_since",
     "renewal_at",
+    "csm_owner",
 )
 
 
@@ -265,6 +266,8 @@ class AccountEvent(EventBase):
     lifecycle_stage: Literal["onboarding", "adoption", "maturity", "renewal"] | None = None
     customer_since: Timestamp | None = None
     renewal_at: Timestamp | None = None
+    #: The customer-success manager who owns the account (an id, like ``account_id``).
+    csm_owner: Id | None = None
 
     @model_validator(mode="after")
     def _at_least_one_field(self) -> AccountEvent:

@@ -58,7 +58,7 @@ import pydantic_core
 from schemas.decode import Rejected, decode_event
 from schemas.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from schemas.events import Event
-from service.api.portfolio import AccountSummary
+from service.api.portfolio import AccountSummary, summary_of
 from service.model.account_state import AccountState
 from service.model.playbooks import PlaybookSet, playbooks_for_step
 from service.model.scorecard import Scorecard
@@ -653,13 +653,13 @@ class Processor:
             if previous is not None:
                 metrics.ACCOUNTS_BY_BUCKET.labels(previous.bucket).dec()
             metrics.ACCOUNTS_BY_BUCKET.labels(evaluation.bucket).inc()
-        arr = state.snapshot.get("arr")
-        self.summaries[key] = AccountSummary(
-            state.account_id,
+        self.summaries[key] = summary_of(
+            state,
             evaluation.bucket,
             evaluation.score,
-            evaluation.delta_7d,
-            float(arr[0]) if arr else None,
+            grade=evaluation.grade,
+            delta_7d=evaluation.delta_7d,
+            delta_30d=evaluation.delta_30d,
         )
 
     async def _produce_outbox(self) -> None:

@@ -195,6 +195,79 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/accounts": {
+                "get": {
+                    "summary": (
+                        "Accounts of every worker, filtered, sorted and paged by the server "
+                        "(complete=false and unreachable name the workers that did not answer)"
+                    ),
+                    "parameters": [
+                        *(
+                            {
+                                "name": name,
+                                "in": "query",
+                                "description": "comma-separated values; (none) = field absent",
+                                "schema": {"type": "string"},
+                            }
+                            for name in ("bucket", "segment", "stage", "csm_owner")
+                        ),
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "description": "account id contains (any case)",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "sort",
+                            "in": "query",
+                            "schema": {
+                                "enum": [
+                                    "arr_at_risk",
+                                    "score",
+                                    "movers_7d",
+                                    "movers_30d",
+                                    "arr",
+                                    "account_id",
+                                ]
+                            },
+                        },
+                        {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}},
+                        {
+                            "name": "page",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                        {
+                            "name": "page_size",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                    ],
+                    "security": read_security,
+                    "responses": {
+                        "200": _response(
+                            "total, page, pages, items, summary (the /portfolio shape of the "
+                            "matching accounts), facets",
+                            {"type": "object"},
+                        ),
+                        **_errors(400, 401),
+                    },
+                }
+            },
+            "/accounts/{account_id}/overview": {
+                "get": {
+                    "summary": (
+                        "What the account page shows: health, state, gates with reasons, pulse, "
+                        "metric labels, bucket thresholds (routed to the owning worker)"
+                    ),
+                    "parameters": [_ACCOUNT],
+                    "security": read_security,
+                    "responses": {
+                        "200": _response("overview", {"type": "object"}),
+                        **_errors(401, 404),
+                    },
+                }
+            },
             "/events": {
                 "post": {
                     "summary": "Ingest events: one object, an array, or NDJSON; all or nothing",

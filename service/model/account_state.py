@@ -674,6 +674,7 @@ class AccountState:
             "lifecycle_stage",
             "customer_since",
             "renewal_at",
+            "csm_owner",
         ):
             value = getattr(event, name)
             if value is None:

@@ -206,8 +206,8 @@ class Evaluation:
     low_confidence: bool
     #: Bucket from score and hysteresis alone, before gates and policy.
     score_bucket: BucketName
-    #: Gates that decided the bucket: caps below the (lifted) score bucket,
-    #: lifts that raised it.
+    #: Gates that pulled the bucket: caps below the (lifted) score bucket, lifts
+    #: that raised it (``GateResult.decided`` marks the one that set it).
     deciding_gates: tuple[str, ...]
     gates_fired: tuple[str, ...]
     #: Every fired gate with its reason, in scorecard order.
@@ -939,9 +939,12 @@ def _judge_gates(
     deciding: list[str] = []
     results: list[GateResult] = []
     for gate in firing:
-        decided = gate.cap < lifted or (gate.lift > score_rank and score_rank in gate.lifts_from)
-        if decided:
+        lifting = gate.lift > score_rank and score_rank in gate.lifts_from
+        if gate.cap < lifted or lifting:
             deciding.append(gate.name)
+        # It set the bucket: the cap the account ended at, or the lift it kept
+        # (of several caps below the score's bucket, only the lowest set it).
+        decided = (gate.cap < lifted and gate.cap == rank) or (lifting and gate.lift == rank)
         results.append(gate.decided if decided else gate.undecided)
     return _GateVerdict(rank, verdicts, [gate.name for gate in firing], deciding, results)
 

@@ -102,6 +102,8 @@ class Dashboard:
     events: float = 0.0
     events_per_s: float = 0.0
     dlq: float = 0.0
+    #: Where the worker serves the web UI (printed on every frame).
+    ui_url: str = "http://127.0.0.1:6066/ui/"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -150,7 +152,11 @@ class Dashboard:
             account = shown(trigger["account_id"], 32)
             playbook = shown(trigger["playbook"], 32)
             lines.append(f"  {account:<12} {playbook:<16} {shown(trigger['reason'], 200)}")
-        lines += ["", "HTTP API: /portfolio, /accounts/<id>/health  (Ctrl-C stops everything)"]
+        lines += [
+            "",
+            f"Web UI: {self.ui_url}   HTTP API: /portfolio, /accounts/<id>/health",
+            "(Ctrl-C stops everything)",
+        ]
         text = "\n".join(lines)
         return ("\x1b[H\x1b[2J" + text) if tty else text
 
@@ -313,7 +319,7 @@ def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout
         broker.start(timeout=120)
         settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
     children = Children(data_dir)
-    board = Dashboard()
+    board = Dashboard(ui_url=f"http://127.0.0.1:{settings.web_port}/ui/")
     try:
         ensure_topics(settings)
         asyncio.run(migrate(settings.database_url))
@@ -331,6 +337,7 @@ def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout
         children.start("worker", ["worker"], env)
         children.start("history-sink", ["history-sink", "--no-migrate"], env)
         _wait_worker(settings, children)
+        print(f"vitals demo: web UI at {board.ui_url}", file=sys.stderr, flush=True)
         simulate = [
             "simulate",
             "--mode",

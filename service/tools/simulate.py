@@ -141,6 +141,9 @@ TOPIC_KIND_OF_TYPE: Final[dict[str, str]] = {
 }
 
 _SEGMENTS: Final = ("smb", "mid_market", "enterprise")
+#: The CSM team: account ``i`` is owned by ``_CSM_OWNERS[i % 6]`` (by index, so
+#: that drawing an owner does not move any other random choice of the account).
+_CSM_OWNERS: Final = ("csm-ana", "csm-ben", "csm-chloe", "csm-dev", "csm-emma", "csm-farid")
 _SEATS: Final[dict[str, tuple[int, int]]] = {
     "smb": (2, 12),
     "mid_market": (12, 40),
@@ -618,6 +621,7 @@ class _Account:
             lifecycle_stage=stage,
             customer_since=customer_since,
             renewal_at=renewal_at,
+            csm_owner=_CSM_OWNERS[index % len(_CSM_OWNERS)],
         )
         self._setup_persona(active)
         # Most accounts keep the same users throughout: a faster loop for them.
@@ -813,7 +817,7 @@ class _Account:
                 # A snapshot needs at least one field: drop them all.
                 for name in ("seats", "plan", "arr", "segment", "lifecycle_stage"):
                     bad.pop(name, None)
-                for name in ("customer_since", "renewal_at"):
+                for name in ("customer_since", "renewal_at", "csm_owner"):
                     bad.pop(name, None)
             else:
                 bad.pop(rng.choice(_REQUIRED[event_type]), None)

@@ -10,6 +10,8 @@ queries in ``service.history.db``. One module per group of pages:
 * :mod:`streams.web.accounts` -- ``/accounts/{id}/state|health|history``;
 * :mod:`streams.web.portfolio` -- ``/portfolio`` and its per-worker part;
 * :mod:`streams.web.intake` -- ``POST /events`` and ``POST /accounts/{id}/pulse``;
+* :mod:`streams.web.ui_data` -- ``/accounts`` (the account list) and ``/accounts/{id}/overview``;
+* :mod:`streams.web.ui` -- the web UI's files under ``/ui/``;
 
 and :mod:`streams.web.common` for what they share (token check, errors, bodies).
 """
@@ -23,6 +25,8 @@ from streams.web.common import Api
 from streams.web.intake import install_intake
 from streams.web.operations import install_operations
 from streams.web.portfolio import install_portfolio
+from streams.web.ui import install_ui
+from streams.web.ui_data import install_ui_data
 
 __all__ = ["install_web"]
 
@@ -34,3 +38,5 @@ def install_web(top: Topology, processor: Processor) -> None:
     install_accounts(api)
     install_portfolio(api)
     install_intake(api)
+    install_ui_data(api)
+    install_ui(api)

@@ -289,6 +289,7 @@ INVALID: list[tuple[str, bytes | None, str | None, bytes | None, str, str | None
             lifecycle_stage=None,
             customer_since=None,
             renewal_at=None,
+            csm_owner=None,
         ),
         None,
         KEY,

@@ -364,10 +364,10 @@ def golden_digest(lines: list[bytes], card: Scorecard) -> str:
 #: component, label, gate, driver, change id or trend moves them; change them
 #: only with a deliberate change of the model (last: issue 14, the CSM-readable
 #: score and the revised default scorecard).
-GOLDEN_DAILY = "efbdedbc521b1bcc2e6708234b623223d47a1d6f13b30af50819efc490b465b6"
-GOLDEN_HOURLY = "6901fe4f40801c0161d379314421fc9ef7419663ae1aa534e3f0f975d8525526"
-GOLDEN_DEMO = "80555f872b9d9ae41577fe401dfe136a1435ee4c1f2f0bb130191f86b04cc65b"
-GOLDEN_ADOPTION_RULE = "8b0144455ed072b3e24f6868c15ae732473dc78b455b0c34bcf445f747818ecf"
+GOLDEN_DAILY = "740f5770670205825fec55ddefec53cd9cbcc502a07aef3634645d0813421c11"
+GOLDEN_HOURLY = "2c3a65dedf12beac1bd49bf3c956246e9560afa852049bbb16a3a22d9f94fde5"
+GOLDEN_DEMO = "22b4b23394e50e377425766c36126134cee8aa05218c4b3c5ffde954217acccf"
+GOLDEN_ADOPTION_RULE = "7034c70cf7b77824f0ca52241c782a87fa7c7659424303552fa405fdcf6cd57f"
 
 
 def _hourly(card: Scorecard) -> Scorecard:

@@ -76,8 +76,10 @@ def test_caps_win_over_lifts() -> None:
     )
     ev = evaluate(state_of([event("account", at(0), seats=30, arr=10)]), at(0), card)
     assert ev.bucket == "yellow"
+    # Both pulled the bucket; the cap, where it ended, set it.
+    assert list(ev.deciding_gates) == ["lift", "cap"]
     assert [(g.name, g.effect, g.decided) for g in ev.gates] == [
-        ("lift", "lift", True),
+        ("lift", "lift", False),
         ("cap", "cap", True),
     ]
 
