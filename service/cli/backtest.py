@@ -14,9 +14,8 @@ import click
 import orjson
 
 from service.cli.main import CliError
-from service.cli.replay import parse_as_of
 
-__all__ = ["backtest", "parse_duration"]
+__all__ = ["backtest", "parse_duration", "parse_time"]
 
 DAY_MS = 86_400_000
 _UNITS = {"h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
@@ -36,6 +35,19 @@ def parse_duration(text: str, option: str) -> int:
     if ms <= 0:
         _fail(f"{option}: must be more than zero")
     return ms
+
+
+def parse_time(text: str, option: str) -> int:
+    """A time option: RFC 3339 with an offset, or integer epoch milliseconds."""
+    from pydantic_core import PydanticCustomError
+
+    from schemas.events import parse_timestamp
+
+    value = text.strip()
+    try:
+        return parse_timestamp(int(value) if re.fullmatch(r"-?[0-9]+", value) else value)
+    except PydanticCustomError as exc:
+        _fail(f"{option}: {exc.message()}")
 
 
 class _Progress:
@@ -215,9 +227,9 @@ def backtest(
     horizon_ms = parse_duration(horizon, "--horizon")
     every_ms = parse_duration(every, "--every")
     warmup_ms = 0 if warmup.strip() in ("0", "0d") else parse_duration(warmup, "--warmup")
-    start = parse_as_of(start_text) if start_text else None
-    end = parse_as_of(end_text) if end_text else None
-    observed = parse_as_of(observed_text) if observed_text else None
+    start = parse_time(start_text, "--start") if start_text else None
+    end = parse_time(end_text, "--end") if end_text else None
+    observed = parse_time(observed_text, "--observed-until") if observed_text else None
     if events is None and db_url is None:
         _fail("give EVENTS to replay, or --from-db URL")
     if db_url is not None and against_path is not None:
