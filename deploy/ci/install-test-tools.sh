@@ -3,8 +3,9 @@
 #
 #   promtool, prometheus   Debian package `prometheus`   (tests/integration/test_deploy.py)
 #   pg_ctl, postgres       Debian package `postgresql`   (the history tests' throwaway server)
+#   /usr/bin/chromium      Debian package `chromium`     (tests/integration/test_ui.py, headless)
 #
-# Idempotent: does nothing (not even `apt-get update`) when both are present.
+# Idempotent: does nothing (not even `apt-get update`) when all are present.
 # Missing ones are installed in one apt transaction, without recommends and
 # non-interactively; the Debian services they ship are NOT started (a
 # policy-rc.d that answers 101 is in place for the duration of the install).
@@ -18,11 +19,13 @@ note() { printf 'install-test-tools: %s\n' "$*" >&2; }
 
 have_promtool() { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; }
 have_pg_ctl() { compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null; }
+have_chromium() { [ -x /usr/bin/chromium ]; }
 
 missing_packages() {
     local packages=()
     have_promtool || packages+=(prometheus)
     have_pg_ctl || packages+=(postgresql)
+    have_chromium || packages+=(chromium)
     echo "${packages[@]}"
 }
 
