@@ -160,6 +160,16 @@ def build_report(
         }
         figures["notes"] = list(history.notes)
         report["scorecards"].append(figures)
+    # What charts and tables call each scorecard: its name and version, and its
+    # file when two scorecards share them.
+    names = Counter(
+        (f["scorecard"]["name"], f["scorecard"]["version"]) for f in report["scorecards"]
+    )
+    for figures in report["scorecards"]:
+        card = figures["scorecard"]
+        card["label"] = f"{card['name']} v{card['version']}"
+        if names[(card["name"], card["version"])] > 1:
+            card["label"] += f" ({card['file']})"
     return report
 
 

@@ -62,7 +62,7 @@ def _with_ci(figure: dict[str, Any]) -> str:
 
 def _name(figures: dict[str, Any]) -> str:
     card = figures["scorecard"]
-    return f"{card['name']} v{card['version']}"
+    return str(card.get("label") or f"{card['name']} v{card['version']}")
 
 
 # ------------------------------------------------------------------- charts
