@@ -54,6 +54,8 @@ GRADES: Final = ("A", "B", "C", "D", "F")
 NOT_PREDICTIVE: Final = 0.05
 #: Fewer churned (or retained) snapshots than this: too few to judge.
 MIN_CLASS: Final = 5
+#: Fewer churned accounts than this: the report says the sample is small.
+FEW_CHURNERS: Final = 10
 #: Points of the ROC curve kept in the report.
 ROC_POINTS: Final = 120
 #: Churned-while-green accounts listed.
@@ -159,6 +161,12 @@ def build_report(
             "source": history.source,
         }
         figures["notes"] = list(history.notes)
+        churned = figures["sample"]["churned_accounts"]
+        if churned < FEW_CHURNERS:
+            figures["notes"].append(
+                f"only {churned} churned account(s) among the labelled snapshots: every figure "
+                "rests on them, and the intervals understate how little that is"
+            )
         report["scorecards"].append(figures)
     # What charts and tables call each scorecard: its name and version, and its
     # file when two scorecards share them.

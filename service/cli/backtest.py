@@ -309,9 +309,6 @@ def backtest(
                 open_lines, scorecard, dates, churns, known, scan=scan, progress=show
             )
             histories.append((history, scorecard, file or "(default)"))
-    for history, _, _ in histories:
-        for note in history.notes:
-            click.echo(f"vitals backtest: note: {note}", err=True)
 
     source: dict[str, Any] = {"events": events, "outcomes": outcomes_path}
     if db_url is not None:
@@ -325,6 +322,8 @@ def backtest(
     if html_path is not None:
         _write(html_path, html_report(report).encode())
     for figures in report["scorecards"]:
+        for note in figures["notes"]:
+            click.echo(f"vitals backtest: note: {note}", err=True)
         click.echo(f"vitals backtest: {_summary(figures)}", err=True)
 
 
