@@ -350,10 +350,16 @@ class KpiEvent(EventBase):
 
 
 class ContractEvent(EventBase):
-    """A contract change (topic kind ``outcome``)."""
+    """A contract change (topic kind ``outcome``).
+
+    ``action``: ``renewal`` (the customer renewed), ``upsell``, ``downgrade``,
+    ``churn_notice`` (the customer said it will leave) and ``churned`` (the
+    contract ended or was cancelled: the customer is gone). ``renewal`` and
+    ``churned`` are the outcomes ``vitals backtest`` judges the score by.
+    """
 
     type: Literal["contract"]
-    action: Literal["renewal", "upsell", "downgrade", "churn_notice"]
+    action: Literal["renewal", "upsell", "downgrade", "churn_notice", "churned"]
     amount: FiniteFloat | None = None
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kafka": ("service.cli.kafka", "kafka"),
     "worker": ("service.cli.worker", "worker"),
     "replay": ("service.cli.replay", "replay"),
+    "backtest": ("service.cli.backtest", "backtest"),
     "scorecard": ("service.cli.scorecard", "scorecard"),
     "playbooks": ("service.cli.playbooks", "playbooks"),
     "simulate": ("service.cli.simulate", "simulate"),

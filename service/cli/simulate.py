@@ -168,7 +168,9 @@ def simulate(
     duration: float | None,
 ) -> None:
     """Simulate customers: thriving, steady, declining, silent churners, ticket
-    storms, under-licensed, onboarding and expanding accounts.
+    storms, under-licensed, onboarding and expanding accounts. An account
+    whose contract comes up churns (churn_notice, then churned at the end of
+    the contract) or renews, with a chance that depends on its story.
 
     \b
     vitals simulate --accounts 1000 --days 90 --create-topics

@@ -52,7 +52,10 @@ __all__ = [
     "pulses_for",
     "redact_url",
     "score_history",
+    "score_points",
     "score_span",
+    "score_time_range",
+    "scores_as_of",
     "triggers_for",
 ]
 
@@ -297,6 +300,68 @@ async def latest_bucket_counts(
         for bucket, accounts in (await connection.execute(query)).all():
             counts[bucket] = int(accounts)
     return counts
+
+
+async def scores_as_of(engine: AsyncEngine, as_of_ms: int) -> list[dict[str, Any]]:
+    """Each account's newest stored score at or before ``as_of_ms``, by account.
+
+    The portfolio as the history knew it then (``vitals backtest --from-db``).
+    Items are those of :func:`score_history` with ``include_payload``.
+    """
+    t = ScoreHistoryRow
+    sub = (
+        select(t.account_id, func.max(t.as_of).label("as_of"))
+        .where(t.as_of <= as_of_ms)
+        .group_by(t.account_id)
+        .subquery()
+    )
+    query = (
+        select(t)
+        .join(sub, and_(t.account_id == sub.c.account_id, t.as_of == sub.c.as_of))
+        .order_by(t.account_id)
+    )
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return [
+        {
+            "account_id": row.account_id,
+            "as_of": format_utc(row.as_of),
+            "score": row.score,
+            "bucket": row.bucket,
+            "grade": row.grade,
+            "stage": row.stage,
+            "scorecard": {"name": row.scorecard_name, "version": row.scorecard_version},
+            "low_confidence": bool(row.low_confidence),
+            "payload": row.payload,
+        }
+        for row in rows
+    ]
+
+
+async def score_time_range(engine: AsyncEngine) -> tuple[int, int] | None:
+    """The ``as_of`` (epoch ms) of the oldest and the newest stored score; ``None``: none."""
+    t = ScoreHistoryRow
+    async with engine.connect() as connection:
+        low, high = (await connection.execute(select(func.min(t.as_of), func.max(t.as_of)))).one()
+    return None if low is None else (int(low), int(high))
+
+
+async def score_points(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every stored score of every account, without the payload: ``{account_id,
+    as_of, score, bucket}``, by account then ``as_of`` (a bucket history)."""
+    t = ScoreHistoryRow
+    query = select(t.account_id, t.as_of, t.score, t.bucket).order_by(t.account_id, t.as_of)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return [
+        {
+            "account_id": row.account_id,
+            "as_of": format_utc(row.as_of),
+            "score": row.score,
+            "bucket": row.bucket,
+        }
+        for row in rows
+    ]
 
 
 async def movers(

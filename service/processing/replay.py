@@ -19,11 +19,13 @@ then :func:`service.model.scoring.on_timer` up to the as-of time). See
   not remembered, so it equals what the stream would publish if it rescored
   at that instant), sorted by ``account_id``, and the bucket changes of
   every rescore point up to ``as_of``, sorted by ``as_of`` then account.
+* ``instants`` / ``on_instant`` let one pass look at the accounts at several
+  times (the back-test): see :func:`replay`. Without them nothing changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,12 +103,30 @@ def replay(
     as_of: int | None = None,
     on_invalid: Callable[[InvalidLine], None] | None = None,
     now_ms: int | None = None,
+    instants: Iterable[int] = (),
+    on_instant: Callable[[int, Mapping[str, AccountState]], None] | None = None,
 ) -> ReplayResult:
     """Replay JSON lines of events; ``as_of`` defaults to the latest event time.
 
     ``on_invalid`` is called for each invalid line as it is met (the CLI
     prints it); ``now_ms`` fixes ``computed_at`` (wall clock by default).
+
+    ``on_instant(T, states)`` is called once for each of the ``instants``
+    (epoch ms, any order; each distinct one once, in ascending order) when
+    the replay reaches T: just before the first event read after T (by
+    ``occurred_at``, among those not skipped by ``as_of``) goes through the
+    cadence, or at the end for the instants no such event passed. Every
+    account's pending ticks up to T have run then (as ``as_of=T`` runs them
+    before scoring; their bucket changes are in the result as usual), so for
+    a file in event-time order ``evaluate(states[a], T, scorecard)`` is the
+    score ``replay(lines, scorecard, as_of=T)`` gives account ``a``. The
+    callback must only read the states (``evaluate``/``score_at``); it does
+    not change what the replay produces: ticks up to T would run before
+    anything later anyway. Instants after ``as_of`` (or after the last
+    event) are reached after the result's final scores are taken.
     """
+    pending = sorted(set(instants)) if on_instant is not None else []
+    next_instant = pending[0] if pending else None
     stats = ReplayStats()
     invalid: list[InvalidLine] = []
     states: dict[str, AccountState] = {}
@@ -125,6 +145,11 @@ def replay(
         if as_of is not None and item.occurred_at > as_of:
             stats.after_as_of += 1
             continue
+        if next_instant is not None and item.occurred_at > next_instant:
+            assert on_instant is not None
+            while pending and pending[0] < item.occurred_at:
+                _reach(pending.pop(0), states, scorecard, changes, on_instant)
+            next_instant = pending[0] if pending else None
         state = states.get(item.account_id)
         if state is None:
             state = states[item.account_id] = AccountState.new(item.account_id)
@@ -140,6 +165,9 @@ def replay(
             watermark = item.occurred_at
     stats.lines = last_line
     final = as_of if as_of is not None else watermark
+    if on_instant is not None:
+        while pending and final is not None and pending[0] <= final:
+            _reach(pending.pop(0), states, scorecard, changes, on_instant)
     scores: list[HealthScore] = []
     if final is not None:
         for account_id in sorted(states):
@@ -147,6 +175,9 @@ def replay(
             changes.extend(_keyed(on_timer(state, final, scorecard).changes, state))
             scores.append(score_at(state, final, scorecard, now_ms=now_ms))
         stats.as_of = format_utc(final)
+    if on_instant is not None:
+        for instant in pending:
+            _reach(instant, states, scorecard, [], on_instant)
     changes.sort(key=lambda row: (row[0], row[1]))
     stats.accounts = len(states)
     stats.changes = len(changes)
@@ -157,6 +188,20 @@ def replay(
         invalid=invalid,
         as_of=final,
     )
+
+
+def _reach(
+    instant: int,
+    states: dict[str, AccountState],
+    scorecard: Scorecard,
+    changes: list[tuple[int, str, BucketChange]],
+    on_instant: Callable[[int, Mapping[str, AccountState]], None],
+) -> None:
+    # Every account's ticks up to the instant, as replay(as_of=instant) runs
+    # them before scoring; then the caller looks.
+    for state in states.values():
+        changes.extend(_keyed(on_timer(state, instant, scorecard).changes, state))
+    on_instant(instant, states)
 
 
 def _keyed(

@@ -27,6 +27,15 @@ Contracts:
   scheduled events, e.g. a ticket's later resolution) and the day's events of
   all accounts are merged by one sort. Per account, live events are stamped in
   order too.
+* **Outcomes.** When an account's contract comes up for renewal (5-30 days
+  before its ``renewal_at``) the account either churns -- a ``churn_notice``
+  contract event then, a ``churned`` one when the contract ends, and nothing
+  at all after that -- or renews (``renewal``, followed by a ``downgrade`` for
+  an account that shrinks). The chance of churning depends on the persona and
+  on whether its story has turned (:data:`CHURN_CHANCE`) and is drawn from a
+  third RNG per account, so fate follows usage only loosely: a few thriving
+  accounts leave, most declining ones do but not all. Contract events come
+  even from an account that went silent (billing still knows it).
 * **Unique ids.** ``event_id`` is ``{account_id}-{run tag}-{n}``; the run tag
   hashes the seed, the mode and the end of the history (or, live, the start),
   so re-producing the same history gives the same ids (the service drops the
@@ -59,6 +68,7 @@ if TYPE_CHECKING:
     from service.runtime.settings import Settings
 
 __all__ = [
+    "CHURN_CHANCE",
     "DAY_MS",
     "DEFAULT_PERSONAS",
     "EVERYDAY_FEATURES",
@@ -112,6 +122,18 @@ DEFAULT_PERSONAS: Final[dict[str, float]] = {
     "under_licensed": 0.08,
     "onboarding": 0.07,
     "expanding": 0.10,
+}
+#: Chance that an account churns when its contract comes up: (before its pivot,
+#: after it). Not 0 or 1 anywhere: usage predicts churn, it does not decide it.
+CHURN_CHANCE: Final[dict[str, tuple[float, float]]] = {
+    "thriving": (0.03, 0.03),
+    "steady": (0.08, 0.08),
+    "declining": (0.10, 0.70),
+    "silent_churner": (0.10, 0.90),
+    "ticket_storm": (0.08, 0.40),
+    "under_licensed": (0.30, 0.30),
+    "onboarding": (0.10, 0.10),
+    "expanding": (0.02, 0.02),
 }
 #: Everyday product features and how often each is picked (relative weight).
 EVERYDAY_FEATURES: Final[dict[str, int]] = {
@@ -518,6 +540,8 @@ class _Account:
         spec = _SPECS[persona]
         self.rng = rng
         self.bad_rng = Random(_derive(seed, index, "invalid"))
+        # Fate at contract end has its own RNG, so deciding it moves no other draw.
+        self.fate_rng = Random(_derive(seed, index, "fate"))
         # Each valid event is followed by a broken one with chance p, so broken
         # messages make up p / (1 + p) = invalid_rate of all messages.
         self.bad_p = invalid_rate / (1.0 - invalid_rate) if invalid_rate > 0 else 0.0
@@ -531,8 +555,9 @@ class _Account:
         self.tickets_opened = 0
         self.invoices = 0
         self.pending: list[tuple[int, int, str, dict[str, object]]] = []
+        #: Contract events still to send; sent even after ``silent_at``.
+        self.outcomes: list[tuple[int, int, dict[str, object]]] = []
         self.silent_at = _NEVER
-        self.churned = False
 
         lo, hi = pivot_window
         self.pivot = lo + int(rng.random() * max(hi - lo, 0))
@@ -798,9 +823,30 @@ class _Account:
     def _emit(self, out: list[_Entry], ts: int, kind: str, event: dict[str, object]) -> None:
         if ts >= self.silent_at:
             return
+        self._put(out, ts, kind, event)
+
+    def _put(self, out: list[_Entry], ts: int, kind: str, event: dict[str, object]) -> None:
         out.append((ts, self.index, kind, _dumps(event) + b"\n", _VALID))
         if self.bad_p and self.bad_rng.random() < self.bad_p:
             out.append(self._flawed(ts, kind, event))
+
+    def _contract(self, ts: int, action: str, amount: float) -> None:
+        """Schedule a contract outcome (sent even if the account is silent by then)."""
+        event = self._new(ts, "contract")
+        event["action"] = action
+        event["amount"] = amount
+        heapq.heappush(self.outcomes, (ts, self.seq, event))
+
+    def _send_outcomes(self, de: int, out: list[_Entry]) -> None:
+        outcomes = self.outcomes
+        while outcomes and outcomes[0][0] < de:
+            ts, _, event = heapq.heappop(outcomes)
+            self._put(out, ts, "outcome", event)
+
+    def finished(self, ds: int) -> bool:
+        """Whether the account will send nothing from ``ds`` on: silent, and no
+        contract still to come up or to send."""
+        return ds >= self.silent_at and self.renew_action_at == _NEVER and not self.outcomes
 
     def _flawed(self, ts: int, kind: str, event: dict[str, object]) -> _Entry:
         """A broken copy of an event: not JSON, a missing field or a wrong type."""
@@ -891,6 +937,11 @@ class _Account:
         de = ds + DAY_MS
         if ds >= self.silent_at:
             self.pending.clear()
+            # Nobody uses the product any more, but the contract still ends.
+            if self.renew_action_at < de:
+                self._renew(self.renew_action_at)
+            if self.outcomes and self.outcomes[0][0] < de:
+                self._send_outcomes(de, out)
             return
         if de <= self.born:
             return
@@ -980,6 +1031,9 @@ class _Account:
         pending = self.pending
         if pending and pending[0][0] < de:
             self._drain(de, out)
+        outcomes = self.outcomes
+        if outcomes and outcomes[0][0] < de:
+            self._send_outcomes(de, out)
 
     def _scheduled(self, de: int, out: list[_Entry]) -> None:
         """The account's rare, scheduled work due before ``de`` (all in that day)."""
@@ -1063,28 +1117,30 @@ class _Account:
             self._schedule(at, "outcome", event)
 
     def _renew(self, at: int) -> None:
+        """The contract comes up for renewal (``at``, 5-30 days before it ends):
+        the account churns or renews (see the module's "Outcomes")."""
         rng = self.rng
         persona = self.persona
         after = at >= self.pivot
-        if persona == "declining" and after and rng.random() < 0.6 and not self.churned:
-            event = self._new(at, "contract")
-            event["action"] = "churn_notice"
-            event["amount"] = self.arr
-            self._schedule(at, "outcome", event)
-            self.churned = True
+        before_chance, after_chance = CHURN_CHANCE[persona]
+        if self.fate_rng.random() < (after_chance if after else before_chance):
+            end = self.renewal_at
+            self._contract(at, "churn_notice", self.arr)
+            self._contract(end, "churned", self.arr)
+            # The customer is gone: nothing after the contract's end.
+            self.silent_at = min(self.silent_at, end + 1)
             self.renew_action_at = _NEVER
+            self.renewal_stage_at = _NEVER
             return
         downgrade = (persona == "declining" and after) or (
             persona == "ticket_storm" and after and rng.random() < 0.5
         )
         self.renewal_at += YEAR_MS
-        event = self._new(at, "contract")
         if downgrade:
             seats = max(1, round(self.seats * 0.7))
             arr = round(self.arr * 0.7, 2)
-            event["action"] = "downgrade"
-            event["amount"] = round(self.arr - arr, 2)
-            self._schedule(at, "outcome", event)
+            self._contract(at, "renewal", arr)
+            self._contract(at, "downgrade", round(self.arr - arr, 2))
             self._snapshot(
                 at + _MINUTE_MS,
                 seats=seats,
@@ -1095,9 +1151,7 @@ class _Account:
             self.seats = seats
             self.arr = arr
         else:
-            event["action"] = "renewal"
-            event["amount"] = self.arr
-            self._schedule(at, "outcome", event)
+            self._contract(at, "renewal", self.arr)
             self._snapshot(at + _MINUTE_MS, lifecycle_stage="maturity", renewal_at=self.renewal_at)
         self.renew_action_at = self.renewal_at - _days(rng, 5, 30)
         self.renewal_stage_at = self.renewal_at - 90 * DAY_MS
@@ -1185,9 +1239,11 @@ class _World:
         start = self.start_ms
         ds = start - start % DAY_MS
         accounts = self.accounts
-        # Once every account is silent for good nothing more can come.
-        silent_from = max(account.silent_at for account in accounts)
-        while (end_ms is None or ds < end_ms) and ds < silent_from:
+        while end_ms is None or ds < end_ms:
+            # Once every account is finished nothing more can come (all() stops
+            # at the first account still in business, usually the first).
+            if all(account.finished(ds) for account in accounts):
+                break
             batch: list[_Entry] = []
             weekday = (ds // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday
             for account in accounts:

@@ -20,6 +20,7 @@ from service.runtime.settings import INPUT_TOPIC_KINDS, load_settings
 from service.tools.simulate import (
     DAY_MS,
     DEFAULT_PERSONAS,
+    HOUR_MS,
     KEY_FEATURES,
     PERSONAS,
     TOPIC_KIND_OF_TYPE,
@@ -248,6 +249,13 @@ def test_silent_churner_sends_nothing_after_going_silent() -> None:
     account_plan = plans(40, personas=mix)
     last: dict[str, int] = {}
     for obj in events:
+        if (
+            obj["type"] == "contract"
+            and obj["occurred_at"] >= account_plan[obj["account_id"]].pivot_at
+        ):
+            # Only the contract still comes up while nobody uses the product.
+            assert obj["action"] in ("churn_notice", "churned", "renewal")
+            continue
         last[obj["account_id"]] = obj["occurred_at"]
     for account_id, plan in account_plan.items():
         assert END - 30 * DAY_MS < plan.pivot_at < END
@@ -330,6 +338,94 @@ def test_expanding_buys_seats_and_grows() -> None:
     users_before = active_users(events, END - 30 * DAY_MS, END - 18 * DAY_MS)
     users_after = active_users(events, END - 12 * DAY_MS, END)
     assert sum(map(len, users_after.values())) > sum(map(len, users_before.values()))
+
+
+def contracts_by_account(events: Iterable[dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:
+    out: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for obj in events:
+        if obj["type"] == "contract":
+            out[obj["account_id"]].append((obj["occurred_at"], obj["action"]))
+    return out
+
+
+def test_contracts_end_in_churn_or_renewal() -> None:
+    days = 90
+    events = objects(history(accounts=400, days=days, seed=4))
+    account_plan = plans(400, days=days, seed=4)
+    contracts = contracts_by_account(events)
+    last_event = {obj["account_id"]: obj["occurred_at"] for obj in events}
+    churned = renewed = 0
+    start = END - days * DAY_MS
+    for account_id, plan in account_plan.items():
+        actions = contracts.get(account_id, [])
+        outcomes = [(at, a) for at, a in actions if a in ("churn_notice", "churned", "renewal")]
+        if plan.renewal_at >= END + 30 * DAY_MS:
+            assert outcomes == []  # the contract does not come up in this history
+            continue
+        if plan.renewal_at < END and plan.renewal_at - 5 * DAY_MS > start:
+            # Up in the history and ending in it: churned or renewed, one of the two.
+            assert [a for _, a in outcomes] in (["churn_notice", "churned"], ["renewal"])
+        if outcomes and outcomes[-1][1] == "churned":
+            churned += 1
+            notice_at, churned_at = outcomes[0][0], outcomes[-1][0]
+            # The notice comes 5-30 days before the contract's end (at the start
+            # of the history for a contract ending soon after), then nothing.
+            assert churned_at == plan.renewal_at
+            assert notice_at == start + HOUR_MS or churned_at - notice_at >= 5 * DAY_MS
+            assert churned_at - notice_at <= 30 * DAY_MS
+            assert last_event[account_id] == churned_at
+        elif outcomes and outcomes[-1][1] == "renewal":
+            renewed += 1
+            renewed_at = outcomes[-1][0]
+            assert renewed_at == start + HOUR_MS or plan.renewal_at - renewed_at >= 5 * DAY_MS
+            assert plan.renewal_at - renewed_at <= 30 * DAY_MS
+    # About a quarter of yearly contracts come up in 90 days; some of them churn.
+    assert 60 <= churned + renewed <= 140
+    assert 3 <= churned < renewed
+
+
+def test_churn_follows_the_story_but_not_strictly() -> None:
+    # Fate by persona, over many accounts whose contracts come up after the pivot.
+    days = 90
+    seeds = range(3)
+    fates: dict[tuple[str, bool], Counter[str]] = defaultdict(Counter)
+    for seed in seeds:
+        account_plan = plans(600, days=days, seed=seed)
+        for account_id, actions in contracts_by_account(
+            objects(history(accounts=600, days=days, seed=seed))
+        ).items():
+            plan = account_plan[account_id]
+            for at, action in actions:
+                if action in ("churn_notice", "renewal"):
+                    fates[(plan.persona, at >= plan.pivot_at)][action] += 1
+
+    def churn_share(persona: str, after: bool) -> float:
+        counts = fates[(persona, after)]
+        return counts["churn_notice"] / max(1, counts["churn_notice"] + counts["renewal"])
+
+    assert churn_share("declining", True) > 0.4
+    assert churn_share("silent_churner", True) > 0.6
+    assert churn_share("thriving", True) < 0.15 and churn_share("steady", True) < 0.2
+    # Noise: some healthy accounts leave, some declining ones stay.
+    healthy = fates[("thriving", True)] + fates[("steady", True)] + fates[("steady", False)]
+    assert healthy["churn_notice"] >= 1
+    assert fates[("declining", True)]["renewal"] >= 1
+
+
+def test_a_silent_account_still_churns_at_the_end_of_its_contract() -> None:
+    mix = {"silent_churner": 1.0}
+    days = 90
+    events = objects(history(accounts=150, days=days, seed=2, personas=mix))
+    account_plan = plans(150, days=days, seed=2, personas=mix)
+    silent_churns = [
+        (account_id, at)
+        for account_id, actions in contracts_by_account(events).items()
+        for at, action in actions
+        if action == "churned" and at > account_plan[account_id].pivot_at
+    ]
+    assert silent_churns
+    for account_id, at in silent_churns:
+        assert at == account_plan[account_id].renewal_at
 
 
 def test_accounts_have_invoices_kpis_and_csm_touches() -> None:
