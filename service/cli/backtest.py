@@ -105,10 +105,17 @@ def _snapshot_dates(
     "added to the churned/renewal contract events of EVENTS.",
 )
 @click.option(
-    "--scorecard", "scorecard_path", metavar="FILE", help="Scorecard YAML (default: shipped)."
+    "--scorecard",
+    "scorecard_path",
+    metavar="FILE",
+    help="Scorecard YAML, or a shipped one by name (default, demo, adoption-rule); "
+    "default: the shipped default.",
 )
 @click.option(
-    "--against", "against_path", metavar="FILE", help="A second scorecard, judged side by side."
+    "--against",
+    "against_path",
+    metavar="FILE",
+    help="A second scorecard (file or shipped name), judged side by side.",
 )
 @click.option(
     "--horizon", default="90d", show_default=True, help="Churn within this after a snapshot."

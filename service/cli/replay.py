@@ -109,7 +109,8 @@ def _open_outputs(paths: Iterable[Path | None]) -> list[IO[bytes] | None]:
     "--scorecard",
     "scorecard_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Scorecard YAML (default: the shipped default scorecard).",
+    help="Scorecard YAML, or a shipped one by name: default (the default), demo "
+    "(the simulator's product), adoption-rule.",
 )
 @click.option(
     "--changes",

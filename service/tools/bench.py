@@ -549,6 +549,8 @@ class Worker:
             web_port=self.web_port,
             data_dir=self.work_dir / f"data-{self.app_id}",
         )
+        # The simulator's product: key features and KPI configured, as in the demo.
+        env["VITALS_SCORECARD_FILE"] = "demo"
         if self.profile_to is None:
             command = vitals_command("worker")
         else:
@@ -1057,7 +1059,7 @@ async def measure_state(
     from aiokafka.structs import TopicPartition
 
     from service.model.account_state import AccountState
-    from service.model.scorecard import default_scorecard
+    from service.model.scorecard import shipped_scorecard
     from service.model.scoring import on_timer
 
     topic = f"{worker.app_id}-accounts-changelog"
@@ -1094,7 +1096,7 @@ async def measure_state(
                         remaining.discard(tp)
     finally:
         await consumer.stop()
-    scorecard = default_scorecard()
+    scorecard = shipped_scorecard("demo")  # the worker's (Worker.start)
     busy: list[int] = []
     idle: list[int] = []
     sample = list(latest.items())[: ctx.params.state_sample]

@@ -141,7 +141,7 @@ class Dashboard:
         lines += ["", f"latest bucket changes ({self.change_count} in all)"]
         for change in reversed(self.changes):
             drivers = ", ".join(
-                f"{d['metric']} {d['contribution_delta']:+.1f}"
+                f"{d.get('label') or d['metric']} {d['contribution_delta']:+.1f}"
                 for d in change.get("drivers", [])[:3]
             )
             move = f"{shown(change['from_bucket']):>6} -> {shown(change['to_bucket']):<6}"
@@ -334,6 +334,9 @@ def run_demo(settings: Settings, options: DemoOptions, out: IO[str] = sys.stdout
         )
         env["VITALS_DATABASE_URL"] = settings.database_url
         env["VITALS_TIMER_INTERVAL_S"] = "2"
+        # The simulated product's key features and KPI (the shipped demo
+        # scorecard), unless the user chose a scorecard.
+        env.setdefault("VITALS_SCORECARD_FILE", "demo")
         children.start("worker", ["worker"], env)
         children.start("history-sink", ["history-sink", "--no-migrate"], env)
         _wait_worker(settings, children)
