@@ -703,7 +703,9 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
 
     previous_bucket = state.bucket
     score_rank = _score_rank(score, previous_bucket, plan)
-    gates = _judge_gates(plan, values, state.gates, previous_verdicts, metrics.moved, score_rank)
+    gates = _judge_gates(
+        plan, values, state.gates, previous_verdicts, metrics.moved, score, score_rank
+    )
     state._scoring = _Memory(
         scorecard,
         stage,
@@ -892,6 +894,7 @@ def _judge_gates(
     held: Iterable[str],
     previous_verdicts: list[tuple[bool, bool]] | None,
     moved: int,
+    score: float,
     score_rank: int,
 ) -> _GateVerdict:
     """Which gates fire, and the bucket rank they leave: lifts raise the score's
@@ -936,15 +939,27 @@ def _judge_gates(
     for gate in firing:
         if gate.cap < rank:
             rank = gate.cap
+    # Whether a gate set the bucket is judged against the score's plain bucket
+    # (the thresholds people read), not the hysteresis band: a score
+    # re-evaluated after its rescore must say the same (hysteresis is relative
+    # to the bucket the rescore stored).
+    plain = 2 if score >= plan.green else 1 if score >= plan.yellow else 0
+    plain_lifted = plain
+    for gate in firing:
+        if gate.lift > plain_lifted and plain in gate.lifts_from:
+            plain_lifted = gate.lift
     deciding: list[str] = []
     results: list[GateResult] = []
     for gate in firing:
         lifting = gate.lift > score_rank and score_rank in gate.lifts_from
         if gate.cap < lifted or lifting:
             deciding.append(gate.name)
-        # It set the bucket: the cap the account ended at, or the lift it kept
-        # (of several caps below the score's bucket, only the lowest set it).
-        decided = (gate.cap < lifted and gate.cap == rank) or (lifting and gate.lift == rank)
+        # It set the bucket: the cap the account ended at, below what the score
+        # alone gives, or the lift it kept, above it (of several caps, only the
+        # lowest set it).
+        decided = (gate.cap < plain_lifted and gate.cap == rank) or (
+            gate.lift > plain and plain in gate.lifts_from and gate.lift == rank
+        )
         results.append(gate.decided if decided else gate.undecided)
     return _GateVerdict(rank, verdicts, [gate.name for gate in firing], deciding, results)
 

@@ -320,14 +320,13 @@ def test_account_page_shows_the_score_history_chart_and_the_gates(world: World, 
 
 
 def test_a_red_pulse_set_in_the_form_changes_the_bucket(world: World, page: Any) -> None:
-    # Not an smb account: the smb profile ignores the pulse (low-touch accounts).
+    # Any profile: a red CSM pulse makes an account red (default scorecard's red_pulse).
     green = [
         item["account_id"]
         for item in world.accounts(bucket="green")["items"]
-        if item["segment"] != "smb"
-        and not world.get(f"/accounts/{item['account_id']}/overview")["gates"]
+        if not world.get(f"/accounts/{item['account_id']}/overview")["gates"]
     ]
-    assert green, "the simulated portfolio has a green non-smb account without gates"
+    assert green, "the simulated portfolio has a green account without gates"
     account_id = green[0]
     open_account(page, world, account_id)
     assert page.text_content("#bucket") == "green"
@@ -338,13 +337,14 @@ def test_a_red_pulse_set_in_the_form_changes_the_bucket(world: World, page: Any)
     page.fill("#pulse-form input[name=author]", "csm-ana")
     page.click("#pulse-submit")
     page.wait_for_selector("#pulse-status.done")
-    assert page.text_content("#bucket") == "yellow", "a red pulse caps the bucket at yellow"
+    assert page.text_content("#bucket") == "red", "a red pulse makes the account red"
     assert page.text_content("#pulse .pulse-reason") == reason
     assert "red_pulse" in page.locator("#gates li.gate").evaluate_all(
         "items => items.map(i => i.dataset.gate)"
     )
     health = world.get(f"/accounts/{account_id}/health")
-    assert health["bucket"] == "yellow"
+    assert health["bucket"] == "red"
+    assert health["pulse"]["author"] == "csm-ana"
     assert page.text_content("#score") == f"{health['score']:.1f}"
 
 
