@@ -104,6 +104,7 @@ __all__ = [
     "ComponentResult",
     "Evaluation",
     "GateResult",
+    "OnPoint",
     "PulseView",
     "Step",
     "change_id",
@@ -1503,14 +1504,25 @@ def due_ticks(state: AccountState, until: int, scorecard: Scorecard) -> range:
     return range((state.scored_at // step + 1) * step, until + 1, step)
 
 
+#: Called at every rescore point of a cadence step with its evaluation and the
+#: bucket change it made (``None``: the bucket stayed), right after the rescore.
+OnPoint = Callable[[Evaluation, BucketChange | None], None]
+
+
 def _run_ticks(
-    state: AccountState, until: int, scorecard: Scorecard, changes: list[BucketChange]
+    state: AccountState,
+    until: int,
+    scorecard: Scorecard,
+    changes: list[BucketChange],
+    on_point: OnPoint | None,
 ) -> Evaluation | None:
     last: Evaluation | None = None
     for tick in due_ticks(state, until, scorecard):
         last, change = _rescore(state, tick, scorecard)
         if change is not None:
             changes.append(change)
+        if on_point is not None:
+            on_point(last, change)
     return last
 
 
@@ -1522,27 +1534,36 @@ def on_event(
     watermark: int | None = None,
     now_ms: int | None = None,
     newest_read: int | None = None,
+    on_point: OnPoint | None = None,
 ) -> Step:
     """One event through the cadence: pending ticks up to ``max(watermark,
     event time)``, then ``apply``, then (if applied) a rescore at the event's
     time. ``watermark`` is the driver's largest ``occurred_at`` *before* this
     event (``None``: none yet); ``newest_read`` is passed to
-    ``AccountState.apply`` (lateness by arrival order)."""
+    ``AccountState.apply`` (lateness by arrival order); ``on_point`` sees every
+    rescore point (the playbooks run there: ``service.model.cadence``)."""
     changes: list[BucketChange] = []
     until = event.occurred_at if watermark is None else max(watermark, event.occurred_at)
-    last = _run_ticks(state, until, scorecard, changes)
+    last = _run_ticks(state, until, scorecard, changes, on_point)
     result = state.apply(event, newest_read, scorecard.regular_features)
     if result is ApplyResult.APPLIED:
         last, change = _rescore(state, event.occurred_at, scorecard)
         if change is not None:
             changes.append(change)
+        if on_point is not None:
+            on_point(last, change)
     return Step(result, last, changes, now_ms=now_ms)
 
 
 def on_timer(
-    state: AccountState, watermark: int, scorecard: Scorecard, *, now_ms: int | None = None
+    state: AccountState,
+    watermark: int,
+    scorecard: Scorecard,
+    *,
+    now_ms: int | None = None,
+    on_point: OnPoint | None = None,
 ) -> Step:
     """Run the account's pending ticks up to ``watermark`` (silence decays health)."""
     changes: list[BucketChange] = []
-    last = _run_ticks(state, watermark, scorecard, changes)
+    last = _run_ticks(state, watermark, scorecard, changes, on_point)
     return Step(None, last, changes, now_ms=now_ms)

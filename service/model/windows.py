@@ -449,8 +449,10 @@ class DailyWindow(Generic[S, V, R]):
         return self._fold(first_day, last_day)
 
     def _fold(self, first_day: int, last_day: int) -> S:
-        # The reference computation; the only one used once a float is held,
-        # so float sums keep their order of additions.
+        # The reference computation; the only one used once a float is held.
+        # Buckets are merged in day order, never in insertion order: a float
+        # sum depends on its order, and a state loaded from the changelog
+        # (buckets in day order) must answer exactly as the live one.
         agg = self.agg
         acc = agg.initialize()
         buckets = self.buckets
@@ -461,9 +463,9 @@ class DailyWindow(Generic[S, V, R]):
                 if bucket is not None:
                     acc = agg.merge(acc, bucket)
         else:
-            for day, bucket in buckets.items():
+            for day in sorted(buckets):
                 if first_day <= day <= last_day:
-                    acc = agg.merge(acc, bucket)
+                    acc = agg.merge(acc, buckets[day])
         return acc
 
     def result(self, first_day: int, last_day: int) -> R:
