@@ -155,7 +155,8 @@ class Processor:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: account key -> latest published summary (portfolio, accounts-per-bucket gauge).
     summaries: dict[bytes, AccountSummary] = field(default_factory=dict)
-    #: Newest tick boundary this worker has sent in the current assignment.
+    #: Newest tick boundary this worker has sent in the current assignment (0:
+    #: none, or an event older than it was read since: send it again).
     last_tick: int = 0
     #: Counts assignments: ``forget_partitions`` moves it on, so work that
     #: awaited across a rebalance can tell its bookkeeping is stale.
@@ -353,6 +354,12 @@ class Processor:
             self.forward(record, origin, home)
             return
         at = decoded.occurred_at
+        if at < self.last_tick:
+            # A backfill behind the clock (e.g. into a worker that was idle
+            # past a tick boundary): the timer announces its boundary again
+            # once the partition has caught up, so the backfilled accounts get
+            # the rescores of the silent days up to it, as replay gives them.
+            self.last_tick = 0
         newest = self.watermarks.get(source)
         if newest is None or at > newest:
             self.watermarks[source] = at

@@ -274,15 +274,31 @@ def open_account(page: Any, world: World, account_id: str) -> None:
 
 
 def test_account_page_shows_the_score_history_chart_and_the_gates(world: World, page: Any) -> None:
-    gated = None
-    for item in world.accounts()["items"]:
-        overview = world.get(f"/accounts/{_quote(item['account_id'])}/overview")
-        history = world.get(f"/accounts/{_quote(item['account_id'])}/history")
-        if overview["gates"] and len(history["scores"]) >= 3:
-            gated = (item["account_id"], overview, history)
-            break
-    assert gated is not None, "an under-licensed account has a gate and a history"
-    account_id, overview, history = gated
+    found: list[tuple[str, Any, Any]] = []
+    seen: dict[str, Any] = {}
+
+    def gated_with_history() -> bool:
+        # The history sink may still be storing the scores of the catch-up:
+        # wait until a gated account has a few of them, unchanged since the
+        # last look (the page must show the history the test compares with).
+        for item in world.accounts()["items"]:
+            account = item["account_id"]
+            overview = world.get(f"/accounts/{_quote(account)}/overview")
+            history = world.get(f"/accounts/{_quote(account)}/history")
+            stable = seen.get(account) == history
+            seen[account] = history
+            if overview["gates"] and len(history["scores"]) >= 3 and stable:
+                found.append((account, overview, history))
+                return True
+        return False
+
+    wait_until(
+        gated_with_history,
+        timeout=120,
+        interval=1.0,
+        what="an under-licensed account with a gate and a stored history",
+    )
+    account_id, overview, history = found[0]
     # A profile's gates replace the default's (the smb profile words some differently).
     profile = next(
         p for p in default_scorecard().resolved_profiles if p.name == overview["profile"]
