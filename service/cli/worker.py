@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from service.cli.main import CliError, settings_from_options
+
+if TYPE_CHECKING:
+    from service.runtime.settings import Settings
 
 
 @click.command()
 @click.option(
     "--bootstrap", "bootstrap_servers", help="Kafka bootstrap servers (VITALS_BOOTSTRAP_SERVERS)."
 )
-@click.option("--web-port", type=int, help="HTTP port of this worker (VITALS_WEB_PORT).")
+@click.option(
+    "--web-port",
+    type=int,
+    help="HTTP port of this worker, of the first with --processes (VITALS_WEB_PORT).",
+)
 @click.option("--app-id", help="Consumer group / internal topic prefix (VITALS_APP_ID).")
 @click.option("--topic-prefix", help="Prefix of every vitals topic (VITALS_TOPIC_PREFIX).")
+@click.option(
+    "--processes",
+    metavar="N|auto",
+    help="Worker processes on this machine, one consumer of the group each, on ports "
+    "--web-port to --web-port+N-1 (any of them answers for every account); 0 or auto: one "
+    "per core, at most one per partition (VITALS_WORKER_PROCESSES, default 1).",
+)
 @click.option(
     "--profile-to",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -29,6 +43,7 @@ def worker(
     web_port: int | None,
     app_id: str | None,
     topic_prefix: str | None,
+    processes: str | None,
     profile_to: Path | None,
 ) -> None:
     """Consume the input topics, keep account state, serve HTTP and /metrics.
@@ -38,6 +53,11 @@ def worker(
     logs one line about anything left undone; exit status 0 when nothing
     was, 1 when something was. All settings come from VITALS_* environment
     variables; options override them.
+
+    With --processes N (N > 1) this process supervises N workers: it forwards
+    signals to them, prefixes their log lines with their name and port, and
+    when one ends by itself stops the others and exits 3 (docs/operations.md,
+    "Several processes per machine").
     """
     import logging
 
@@ -47,6 +67,7 @@ def worker(
         web_port=web_port,
         app_id=app_id,
         topic_prefix=topic_prefix,
+        worker_processes=processes,
     )
 
     from service.model.playbooks import PlaybookError
@@ -63,6 +84,10 @@ def worker(
         ensure_topics(settings)
     except TopicError as exc:
         raise CliError(str(exc)) from exc
+    if settings.worker_processes != 1:
+        if profile_to is not None:
+            raise CliError("--profile-to profiles one worker: use it without --processes")
+        sys.exit(_run_pool(settings))
 
     # faust creates only the last folder of its data dir.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +114,49 @@ def worker(
         run_worker(runner)
     else:
         _profiled(lambda: run_worker(runner), profile_to)
+
+
+def _run_pool(settings: Settings) -> int:
+    """Run ``settings.worker_processes`` workers under a supervisor; its exit status."""
+    import os
+
+    from service.tools.child_process import vitals_command
+    from service.tools.worker_pool import (
+        PoolError,
+        WorkerPool,
+        machine_cores,
+        member_env,
+        plan_members,
+        ports_in_use,
+        resolve_processes,
+    )
+
+    try:
+        count = resolve_processes(
+            settings.worker_processes, cores=machine_cores(), partitions=settings.partitions
+        )
+        members = plan_members(count, web_port=settings.web_port, data_dir=settings.data_dir)
+        taken = ports_in_use(settings.web_bind, [m.port for m in members])
+    except PoolError as exc:
+        raise CliError(str(exc)) from exc
+    if taken:
+        raise CliError(
+            f"port {taken[0]} is in use (another vitals?): --processes {count} uses ports "
+            f"{members[0].port}-{members[-1].port}; stop it, or choose another --web-port"
+        )
+    # What the options set reaches the processes through their environment.
+    overrides = {
+        "VITALS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "VITALS_APP_ID": settings.app_id,
+        "VITALS_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    pool = WorkerPool(
+        members,
+        command=vitals_command("worker"),
+        env_for=lambda member: member_env(os.environ, member, overrides),
+        grace_s=settings.shutdown_grace_s,
+    )
+    return pool.run()
 
 
 def _profiled(run: Any, path: Path) -> None:
