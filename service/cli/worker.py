@@ -12,6 +12,7 @@ from service.cli.main import CliError, settings_from_options
 
 if TYPE_CHECKING:
     from service.runtime.settings import Settings
+    from service.tools.worker_pool import Member
 
 
 @click.command()
@@ -69,6 +70,11 @@ def worker(
         topic_prefix=topic_prefix,
         worker_processes=processes,
     )
+    # Usage errors and taken ports before connecting anywhere.
+    count = _processes(settings)
+    if count > 1 and profile_to is not None:
+        raise CliError("--profile-to profiles one worker: use it without --processes")
+    members = _plan_pool(settings, count) if count > 1 else None
 
     from service.model.playbooks import PlaybookError
     from service.model.scorecard import ScorecardError
@@ -84,10 +90,8 @@ def worker(
         ensure_topics(settings)
     except TopicError as exc:
         raise CliError(str(exc)) from exc
-    if settings.worker_processes != 1:
-        if profile_to is not None:
-            raise CliError("--profile-to profiles one worker: use it without --processes")
-        sys.exit(_run_pool(settings))
+    if members is not None:
+        sys.exit(_run_pool(settings, members))
 
     # faust creates only the last folder of its data dir.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -116,25 +120,25 @@ def worker(
         _profiled(lambda: run_worker(runner), profile_to)
 
 
-def _run_pool(settings: Settings) -> int:
-    """Run ``settings.worker_processes`` workers under a supervisor; its exit status."""
-    import os
+def _processes(settings: Settings) -> int:
+    """How many workers to run here (``auto`` resolved); 1 runs in this process."""
+    from service.tools.worker_pool import PoolError, machine_cores, resolve_processes
 
-    from service.tools.child_process import vitals_command
-    from service.tools.worker_pool import (
-        PoolError,
-        WorkerPool,
-        machine_cores,
-        member_env,
-        plan_members,
-        ports_in_use,
-        resolve_processes,
-    )
-
+    if settings.worker_processes == 1:
+        return 1
     try:
-        count = resolve_processes(
+        return resolve_processes(
             settings.worker_processes, cores=machine_cores(), partitions=settings.partitions
         )
+    except PoolError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _plan_pool(settings: Settings, count: int) -> list[Member]:
+    """The pool's processes, once their ports are known to be free."""
+    from service.tools.worker_pool import PoolError, plan_members, ports_in_use
+
+    try:
         members = plan_members(count, web_port=settings.web_port, data_dir=settings.data_dir)
         taken = ports_in_use(settings.web_bind, [m.port for m in members])
     except PoolError as exc:
@@ -144,6 +148,16 @@ def _run_pool(settings: Settings) -> int:
             f"port {taken[0]} is in use (another vitals?): --processes {count} uses ports "
             f"{members[0].port}-{members[-1].port}; stop it, or choose another --web-port"
         )
+    return members
+
+
+def _run_pool(settings: Settings, members: list[Member]) -> int:
+    """Run ``members`` as workers under a supervisor; its exit status."""
+    import os
+
+    from service.tools.child_process import vitals_command
+    from service.tools.worker_pool import WorkerPool, member_env
+
     # What the options set reaches the processes through their environment.
     overrides = {
         "VITALS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,

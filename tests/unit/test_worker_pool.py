@@ -105,6 +105,50 @@ def test_worker_processes_setting_refuses(raw: str) -> None:
         load_settings(worker_processes=raw)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "7"], "--processes 7 is more than the 4 partitions"),
+        (["--processes", "two"], "VITALS_WORKER_PROCESSES (worker_processes): must be a number"),
+        (["--processes", "2", "--profile-to", "x.prof"], "--profile-to profiles one worker"),
+        (["--processes", "2", "--web-port", "0"], "needs a fixed VITALS_WEB_PORT"),
+    ],
+)
+def test_worker_command_refuses_in_one_line(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before anything connects (the broker here does not exist)."""
+    from click.testing import CliRunner
+
+    from service.cli.main import main
+
+    monkeypatch.setenv("VITALS_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("VITALS_PARTITIONS", "4")
+    monkeypatch.setenv("VITALS_WORKER_PROCESSES", "1")
+    result = CliRunner().invoke(main, ["worker", *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vitals: error: ") and message in lines[0]
+
+
+def test_worker_command_names_a_taken_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from service.cli.main import main
+
+    first = free_port_range(3)
+    monkeypatch.setenv("VITALS_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", first + 2))
+        server.listen()
+        result = CliRunner().invoke(main, ["worker", "--processes", "3", "--web-port", str(first)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"vitals: error: port {first + 2} is in use (another vitals?): --processes 3 uses "
+        f"ports {first}-{first + 2}; stop it, or choose another --web-port"
+    )
+
+
 def test_ports_in_use_finds_a_listener() -> None:
     first = free_port_range(2)
     with socket.socket() as server:
