@@ -969,7 +969,7 @@ class Scorecard(_Model):
             )
         return found
 
-    @property
+    @functools.cached_property
     def regular_features(self) -> frozenset[str]:
         """Features whose days of use accounts must keep: the key features of
         metrics that ask for regular use (``min_days`` above 1)."""
