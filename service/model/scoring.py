@@ -1107,16 +1107,18 @@ def _drivers(
             continue
         delta = round(c1 - c0, 2)
         gate_moved = metric in cause
-        toward = False
         scorer = scorers.get(metric)
-        if scorer is not None and (c0 != 0.0 or c1 != 0.0):
-            pull = _pull(
-                None if v0 is None else scorer(v0),
-                None if v1 is None else scorer(v1),
-                previous_score,
-            )
-            toward = pull < 0 if down else pull > 0
-        if not (gate_moved or toward):
+        # Weighted metrics, and the metrics of the gates that set the bucket
+        # (a gate-only metric has a normalisation too), count only when their
+        # own score moved toward the change.
+        if scorer is None or not (gate_moved or c0 != 0.0 or c1 != 0.0):
+            continue
+        pull = _pull(
+            None if v0 is None else scorer(v0),
+            None if v1 is None else scorer(v1),
+            previous_score,
+        )
+        if not (pull < 0 if down else pull > 0):
             continue
         driver = Driver(
             metric=metric,

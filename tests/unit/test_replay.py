@@ -424,10 +424,10 @@ def golden_digest(lines: list[bytes], card: Scorecard) -> str:
 #: component, label, gate, driver, change id or trend moves them; change them
 #: only with a deliberate change of the model (last: issue 14, the CSM-readable
 #: score and the revised default scorecard).
-GOLDEN_DAILY = "63af064f85a45fa137aae7df94ddc547997c1205538bdeb582decf9f93f72121"
-GOLDEN_HOURLY = "17507ad9dcd31a7290e766470fd01ffe75020b6a0b5a2bd21085742acfea6c9f"
-GOLDEN_DEMO = "26159669b72f36e5bda0958f9497ac9b43462b1ec9c1165a2af9900305ef8f17"
-GOLDEN_ADOPTION_RULE = "50ee0201b025f09d95c1ed374bc29e4d0731a69b95381310b8c5bc7afa9ca48c"
+GOLDEN_DAILY = "8f0a7b467708e0d908d81822e958d668f14bbf5e6761d89ee757478fb94d111a"
+GOLDEN_HOURLY = "739332adb7cc0be7843e0b3f80bdb333f114b0b192fda4ec90ec258fed46e6a0"
+GOLDEN_DEMO = "112383ef0f76717911e2939f1cc19b3e421b6b1126bedfd6228a3201faf79b7a"
+GOLDEN_ADOPTION_RULE = "1d44b2ecb7e0522256c7fadbd685ae5a3667524dafe151c53567393c7c2705ac"
 
 
 def _hourly(card: Scorecard) -> Scorecard:
@@ -467,3 +467,23 @@ def test_a_score_reevaluated_after_its_rescore_says_the_same() -> None:
         assert again == step.score, (event.account_id, event.occurred_at)
         checked += 1
     assert checked > 1000
+
+
+def test_drivers_never_name_a_metric_that_moved_against_the_change() -> None:
+    card = shipped_scorecard("demo")
+    result = replay(golden_lines(accounts=20, days=40), card, now_ms=0)
+    scorers = card.resolved_profiles[-1].scorers  # the default profile's orientation
+    rank = {"red": 0, "yellow": 1, "green": 2}
+    checked = 0
+    for change in result.changes:
+        down = rank[change.to_bucket] < rank[change.from_bucket]
+        for driver in change.drivers:
+            if driver.before is None or driver.after is None:
+                continue
+            before, after = (
+                scorers[driver.metric](driver.before),
+                scorers[driver.metric](driver.after),
+            )
+            assert not (after > before if down else after < before), (change.change_id, driver)
+            checked += 1
+    assert checked > 20
