@@ -457,8 +457,10 @@ class DailyWindow(Generic[S, V, R]):
         return self._fold(first_day, last_day)
 
     def _fold(self, first_day: int, last_day: int) -> S:
-        # The reference computation; the only one used once a float is held,
-        # so float sums keep their order of additions.
+        # The reference computation; the only one used once a float is held.
+        # Always in day order (float sums depend on the order): a window read
+        # back from its dump holds its days in day order, whatever order they
+        # were added in, and must answer the same.
         agg = self.agg
         acc = agg.initialize()
         buckets = self.buckets
@@ -469,9 +471,9 @@ class DailyWindow(Generic[S, V, R]):
                 if bucket is not None:
                     acc = agg.merge(acc, bucket)
         else:
-            for day, bucket in buckets.items():
+            for day in sorted(buckets):
                 if first_day <= day <= last_day:
-                    acc = agg.merge(acc, bucket)
+                    acc = agg.merge(acc, buckets[day])
         return acc
 
     def result(self, first_day: int, last_day: int) -> R:
