@@ -60,9 +60,10 @@ from schemas.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from schemas.events import Event
 from service.api.portfolio import AccountSummary, summary_of
 from service.model.account_state import AccountState
-from service.model.playbooks import PlaybookSet, playbooks_for_step
+from service.model.cadence import Cadence, Outcome
+from service.model.playbooks import PlaybookSet
 from service.model.scorecard import Scorecard
-from service.model.scoring import Evaluation, Step, on_event, on_timer
+from service.model.scoring import Evaluation, Step
 from service.processing.clock import PartitionProgress, timer_as_of
 from service.processing.partitioning import account_partition
 from service.runtime import metrics
@@ -154,7 +155,8 @@ class Processor:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: account key -> latest published summary (portfolio, accounts-per-bucket gauge).
     summaries: dict[bytes, AccountSummary] = field(default_factory=dict)
-    #: Newest tick boundary this worker has sent in the current assignment.
+    #: Newest tick boundary this worker has sent in the current assignment (0:
+    #: none, or an event older than it was read since: send it again).
     last_tick: int = 0
     #: Counts assignments: ``forget_partitions`` moves it on, so work that
     #: awaited across a rebalance can tell its bookkeeping is stale.
@@ -214,6 +216,8 @@ class Processor:
         self.sources = frozenset([*settings.input_topics, settings.repartition_topic])
         #: Topics whose offsets this processor commits.
         self.committed_topics = self.sources | {settings.ticks_topic}
+        #: The rescoring path shared with ``vitals replay``.
+        self.cadence = Cadence(self.scorecard, self.playbooks)
 
     # ------------------------------------------------------------ state access
 
@@ -350,6 +354,12 @@ class Processor:
             self.forward(record, origin, home)
             return
         at = decoded.occurred_at
+        if at < self.last_tick:
+            # A backfill behind the clock (e.g. into a worker that was idle
+            # past a tick boundary): the timer announces its boundary again
+            # once the partition has caught up, so the backfilled accounts get
+            # the rescores of the silent days up to it, as replay gives them.
+            self.last_tick = 0
         newest = self.watermarks.get(source)
         if newest is None or at > newest:
             self.watermarks[source] = at
@@ -540,15 +550,11 @@ class Processor:
         if state is None:
             state = AccountState.new(decoded.account_id)
         try:
-            step = on_event(
-                state,
-                decoded,
-                self.scorecard,
-                watermark=None,
-                now_ms=now_ms,
-                newest_read=item.newest_read,
+            outcome = self.cadence.event(
+                state, decoded, now_ms=now_ms, newest_read=item.newest_read
             )
-            triggers = self.decide_playbooks(state, step)
+            step = outcome.step
+            triggers = self.triggers_of(outcome)
         except Exception as exc:  # a bug in the pure model must not cost the event
             log.exception("processing failed for %s@%s", origin.topic, origin.offset)
             detail = f"{type(exc).__name__}: {exc}"
@@ -566,14 +572,12 @@ class Processor:
         self.publish(key, step, item.started, state, triggers)
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - item.started)
 
-    def decide_playbooks(self, state: AccountState, step: Step) -> list[dict[str, Any]]:
-        """Playbook triggers of this step (memory kept in the account state)."""
-        if self.playbooks is None:
-            return []
-        decision = playbooks_for_step(self.playbooks, self.scorecard, state, step)
-        for held in decision.suppressed:
+    @staticmethod
+    def triggers_of(outcome: Outcome) -> list[dict[str, Any]]:
+        """The triggers to publish; the ones a cooldown held back are counted."""
+        for held in outcome.suppressed:
             metrics.PLAYBOOK_SUPPRESSED.labels(held.playbook).inc()
-        return decision.triggers
+        return outcome.triggers
 
     def on_tick(self, partition: int, as_of: int, now_ms: int) -> None:
         """Evaluate every account of ``partition`` at the tick's boundary."""
@@ -584,9 +588,10 @@ class Processor:
             state = states.get(key)
             if state is None:
                 continue
-            step = on_timer(state, as_of, self.scorecard, now_ms=now_ms)
+            outcome = self.cadence.timer(state, as_of, now_ms=now_ms)
+            step = outcome.step
             if step.evaluation is not None:
-                triggers = self.decide_playbooks(state, step)
+                triggers = self.triggers_of(outcome)
                 self._store(key, state, partition)
                 self.publish(key, step, started, state, triggers)
                 evaluated += 1

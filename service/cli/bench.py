@@ -110,6 +110,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     show_default=True,
     help="Longest wait (s) for any one step.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Worker processes of step (f), the machine rate (vitals worker --processes N); "
+    "0: one per core, at most one per partition; 1: skip (f).",
+)
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, broker data).")
 def bench(
     events: int,
@@ -126,17 +134,25 @@ def bench(
     profile_events: int | None,
     quix_python: str | None,
     timeout: float,
+    processes: int,
     keep: bool,
 ) -> None:
     """Benchmark one worker: (a) consumer limit, (b) end-to-end events/s,
     (c) event -> score latency at a fixed rate, (d) state bytes per account,
-    (e) Quix Streams for comparison; then check the targets.
+    (e) Quix Streams for comparison, (f) the machine rate: (b) with N worker
+    processes on this machine; then check the targets.
 
     Starts a local Kafka in a temporary directory (stopped at the end, also on
     Ctrl-C) unless --bootstrap is given; topics get a fresh prefix either way.
     Exit status 0 even when a target is missed: read "pass" in the JSON.
     """
-    from service.tools.bench import BenchError, BenchParams, render_table, run_bench
+    from service.tools.bench import (
+        BenchError,
+        BenchParams,
+        machine_processes,
+        render_table,
+        run_bench,
+    )
 
     params = BenchParams(
         events=events,
@@ -154,7 +170,12 @@ def bench(
         quix_python=quix_python,
         timeout=timeout,
         keep=keep,
+        processes=processes,
     )
+    try:
+        machine_processes(params)  # before anything runs: more processes than partitions
+    except BenchError as exc:
+        raise CliError(str(exc)) from exc
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_bench(params)

@@ -15,7 +15,18 @@ import orjson
 from pydantic_core import PydanticCustomError
 
 from schemas.events import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, parse_timestamp
-from service.model.scorecard import ScorecardError, default_scorecard, load_scorecard
+from service.model.playbooks import (
+    PlaybookError,
+    PlaybookSet,
+    default_playbooks,
+    load_playbooks,
+)
+from service.model.scorecard import (
+    Scorecard,
+    ScorecardError,
+    default_scorecard,
+    load_scorecard,
+)
 from service.processing.replay import InvalidLine
 from service.processing.replay import replay as run_replay
 
@@ -122,7 +133,14 @@ def _open_outputs(paths: Iterable[Path | None]) -> list[IO[bytes] | None]:
     "--triggers",
     "triggers_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Playbook triggers file; playbooks are not implemented yet, so it is written empty.",
+    help="Write the playbook triggers the stream would have emitted here (JSON lines).",
+)
+@click.option(
+    "--playbooks",
+    "playbooks_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Playbooks YAML (default: the shipped playbooks, as the worker runs them, when "
+    "the scorecard defines the metrics they read; else none).",
 )
 def replay(
     events: IO[bytes],
@@ -130,6 +148,7 @@ def replay(
     scorecard_path: Path | None,
     changes_path: Path | None,
     triggers_path: Path | None,
+    playbooks_path: Path | None,
 ) -> None:
     """Replay EVENTS (JSON lines, '-' for stdin) through the scoring model.
 
@@ -140,7 +159,13 @@ def replay(
     as_of = parse_as_of(as_of_text) if as_of_text is not None else None
     try:
         card = load_scorecard(scorecard_path) if scorecard_path else default_scorecard()
-    except ScorecardError as exc:
+        book: PlaybookSet | None
+        if playbooks_path is not None:
+            book = load_playbooks(playbooks_path)
+            book.check_metrics(card)
+        else:
+            book = _default_playbooks_for(card, say=triggers_path is not None)
+    except (ScorecardError, PlaybookError) as exc:
         _fail(str(exc))
 
     def report(bad: InvalidLine) -> None:
@@ -152,7 +177,7 @@ def replay(
         click.echo(line, err=True)
 
     lines = with_progress(events, _size(events), progress)
-    result = run_replay(lines, card, as_of=as_of, on_invalid=report)
+    result = run_replay(lines, card, as_of=as_of, on_invalid=report, playbooks=book)
     out = click.get_binary_stream("stdout")
     for score in result.scores:
         out.write(orjson.dumps(score.model_dump(mode="json")) + b"\n")
@@ -163,13 +188,24 @@ def replay(
                 for change in result.changes:
                     changes_sink.write(orjson.dumps(change.model_dump(mode="json")) + b"\n")
         if triggers_sink is not None:
-            triggers_sink.close()
-            click.echo(
-                f"vitals replay: playbooks are not implemented yet; {triggers_path} is empty",
-                err=True,
-            )
+            with triggers_sink:
+                for trigger in result.triggers:
+                    triggers_sink.write(orjson.dumps(trigger) + b"\n")
     except OSError as exc:
         _fail(f"cannot write {exc.filename}: {exc.strerror}")
     if result.as_of is None:
         click.echo("vitals replay: no valid events, nothing to score", err=True)
     click.echo(orjson.dumps({"summary": result.stats.as_dict()}).decode(), err=True)
+
+
+def _default_playbooks_for(card: Scorecard, *, say: bool) -> PlaybookSet | None:
+    """The shipped playbooks, if ``card`` defines every metric they read (``say``:
+    tell on stderr when it does not)."""
+    book = default_playbooks()
+    try:
+        book.check_metrics(card)
+    except PlaybookError as exc:
+        if say:
+            click.echo(f"vitals replay: no playbooks run ({exc.reason})", err=True)
+        return None
+    return book

@@ -72,7 +72,6 @@ from service.model.yaml_config import ConfigError, RefError, load_text, parse_mo
 
 if TYPE_CHECKING:
     from service.model.account_state import AccountState
-    from service.model.scoring import Step
 
 __all__ = [
     "DEFAULT_PLAYBOOKS_RESOURCE",
@@ -87,13 +86,13 @@ __all__ = [
     "ScoreDrop",
     "Suppressed",
     "decide",
+    "decide_point",
     "default_playbooks",
     "describe_condition",
     "load_playbooks",
     "metric_values_for",
     "parse_duration",
     "parse_playbooks",
-    "playbooks_for_step",
     "trigger_id",
 ]
 
@@ -721,32 +720,29 @@ def metric_values_for(
     return values
 
 
-def playbooks_for_step(
+def decide_point(
     playbooks: PlaybookSet,
     scorecard: Scorecard,
     state: AccountState,
-    step: Step,
+    evaluation: Evaluation,
+    change: BucketChange | None,
+    memory: PlaybookMemory,
 ) -> Decision:
-    """The playbook decision of one cadence step, the way the stream and replay both run it.
+    """The playbook decision at one rescore point of an account (right after it,
+    with ``state`` as it is then): ``evaluation`` and the bucket change it made.
 
-    The playbook memory (cooldowns, edge states) lives in ``state.playbooks`` so
-    that it is saved with the account state; it is read and written back here.
-    The caller publishes ``Decision.triggers`` and may count
-    ``Decision.suppressed`` (the worker does; replay touches no metrics).
+    The stream and replay both run it at every rescore point
+    (``service.model.cadence``), so their triggers agree whenever the ticks run.
+    ``memory`` (cooldowns, edge states) is updated in place; the caller stores it
+    in ``state.playbooks``.
     """
-    evaluation = step.evaluation
-    if evaluation is None:
-        return Decision()
-    memory = PlaybookMemory.from_dict(state.playbooks)
     values = metric_values_for(playbooks, scorecard, state, evaluation.as_of, evaluation.values)
-    decision = decide(
+    return decide(
         playbooks,
         account_id=state.account_id,
         score=evaluation,
-        change=step.changes,
+        change=change,
         metric_values=values,
         memory=memory,
         as_of_ms=evaluation.as_of,
     )
-    state.playbooks = memory.to_dict() or None
-    return decision

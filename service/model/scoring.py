@@ -105,6 +105,7 @@ __all__ = [
     "ComponentResult",
     "Evaluation",
     "GateResult",
+    "OnPoint",
     "PulseView",
     "Step",
     "change_id",
@@ -707,7 +708,9 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
 
     previous_bucket = state.bucket
     score_rank = _score_rank(score, previous_bucket, plan)
-    gates = _judge_gates(plan, values, state.gates, previous_verdicts, metrics.moved, score_rank)
+    gates = _judge_gates(
+        plan, values, state.gates, previous_verdicts, metrics.moved, score, score_rank
+    )
     state._scoring = _Memory(
         scorecard,
         stage,
@@ -896,6 +899,7 @@ def _judge_gates(
     held: Iterable[str],
     previous_verdicts: list[tuple[bool, bool]] | None,
     moved: int,
+    score: float,
     score_rank: int,
 ) -> _GateVerdict:
     """Which gates fire, and the bucket rank they leave: lifts raise the score's
@@ -940,15 +944,27 @@ def _judge_gates(
     for gate in firing:
         if gate.cap < rank:
             rank = gate.cap
+    # Whether a gate set the bucket is judged against the score's plain bucket
+    # (the thresholds people read), not the hysteresis band: a score
+    # re-evaluated after its rescore must say the same (hysteresis is relative
+    # to the bucket the rescore stored).
+    plain = 2 if score >= plan.green else 1 if score >= plan.yellow else 0
+    plain_lifted = plain
+    for gate in firing:
+        if gate.lift > plain_lifted and plain in gate.lifts_from:
+            plain_lifted = gate.lift
     deciding: list[str] = []
     results: list[GateResult] = []
     for gate in firing:
         lifting = gate.lift > score_rank and score_rank in gate.lifts_from
         if gate.cap < lifted or lifting:
             deciding.append(gate.name)
-        # It set the bucket: the cap the account ended at, or the lift it kept
-        # (of several caps below the score's bucket, only the lowest set it).
-        decided = (gate.cap < lifted and gate.cap == rank) or (lifting and gate.lift == rank)
+        # It set the bucket: the cap the account ended at, below what the score
+        # alone gives, or the lift it kept, above it (of several caps, only the
+        # lowest set it).
+        decided = (gate.cap < plain_lifted and gate.cap == rank) or (
+            gate.lift > plain and plain in gate.lifts_from and gate.lift == rank
+        )
         results.append(gate.decided if decided else gate.undecided)
     return _GateVerdict(rank, verdicts, [gate.name for gate in firing], deciding, results)
 
@@ -1492,14 +1508,25 @@ def due_ticks(state: AccountState, until: int, scorecard: Scorecard) -> range:
     return range((state.scored_at // step + 1) * step, until + 1, step)
 
 
+#: Called at every rescore point of a cadence step with its evaluation and the
+#: bucket change it made (``None``: the bucket stayed), right after the rescore.
+OnPoint = Callable[[Evaluation, BucketChange | None], None]
+
+
 def _run_ticks(
-    state: AccountState, until: int, scorecard: Scorecard, changes: list[BucketChange]
+    state: AccountState,
+    until: int,
+    scorecard: Scorecard,
+    changes: list[BucketChange],
+    on_point: OnPoint | None,
 ) -> Evaluation | None:
     last: Evaluation | None = None
     for tick in due_ticks(state, until, scorecard):
         last, change = _rescore(state, tick, scorecard)
         if change is not None:
             changes.append(change)
+        if on_point is not None:
+            on_point(last, change)
     return last
 
 
@@ -1511,27 +1538,36 @@ def on_event(
     watermark: int | None = None,
     now_ms: int | None = None,
     newest_read: int | None = None,
+    on_point: OnPoint | None = None,
 ) -> Step:
     """One event through the cadence: pending ticks up to ``max(watermark,
     event time)``, then ``apply``, then (if applied) a rescore at the event's
     time. ``watermark`` is the driver's largest ``occurred_at`` *before* this
     event (``None``: none yet); ``newest_read`` is passed to
-    ``AccountState.apply`` (lateness by arrival order)."""
+    ``AccountState.apply`` (lateness by arrival order); ``on_point`` sees every
+    rescore point (the playbooks run there: ``service.model.cadence``)."""
     changes: list[BucketChange] = []
     until = event.occurred_at if watermark is None else max(watermark, event.occurred_at)
-    last = _run_ticks(state, until, scorecard, changes)
+    last = _run_ticks(state, until, scorecard, changes, on_point)
     result = state.apply(event, newest_read, scorecard.regular_features)
     if result is ApplyResult.APPLIED:
         last, change = _rescore(state, event.occurred_at, scorecard)
         if change is not None:
             changes.append(change)
+        if on_point is not None:
+            on_point(last, change)
     return Step(result, last, changes, now_ms=now_ms)
 
 
 def on_timer(
-    state: AccountState, watermark: int, scorecard: Scorecard, *, now_ms: int | None = None
+    state: AccountState,
+    watermark: int,
+    scorecard: Scorecard,
+    *,
+    now_ms: int | None = None,
+    on_point: OnPoint | None = None,
 ) -> Step:
     """Run the account's pending ticks up to ``watermark`` (silence decays health)."""
     changes: list[BucketChange] = []
-    last = _run_ticks(state, watermark, scorecard, changes)
+    last = _run_ticks(state, watermark, scorecard, changes, on_point)
     return Step(None, last, changes, now_ms=now_ms)

@@ -458,9 +458,9 @@ class DailyWindow(Generic[S, V, R]):
 
     def _fold(self, first_day: int, last_day: int) -> S:
         # The reference computation; the only one used once a float is held.
-        # Always in day order (float sums depend on the order): a window read
-        # back from its dump holds its days in day order, whatever order they
-        # were added in, and must answer the same.
+        # Buckets are merged in day order, never in insertion order: a float
+        # sum depends on its order, and a state loaded from the changelog
+        # (buckets in day order) must answer exactly as the live one.
         agg = self.agg
         acc = agg.initialize()
         buckets = self.buckets

@@ -1,16 +1,19 @@
 """Replay: run the streaming model in-process over a JSON-lines file of events.
 
-``vitals replay EVENTS.jsonl --as-of TIME`` gives the scores the stream would
-publish for the same events: every line goes through the same decoder as the
-Kafka path (``schemas.decode.decode_event``, without the topic, key and
-future-time checks, which belong to the transport) and every valid event
-through the same cadence (:func:`service.model.scoring.on_event` with a watermark,
-then :func:`service.model.scoring.on_timer` up to the as-of time). See
-``service.model.scoring`` for the cadence contract.
+``vitals replay EVENTS.jsonl --as-of TIME`` gives the scores, bucket changes
+and playbook triggers the stream would publish for the same events: every line
+goes through the same decoder as the Kafka path (``schemas.decode.decode_event``,
+without the topic, key and future-time checks, which belong to the transport)
+and every valid event through the same path as in the worker
+(:class:`service.model.cadence.Cadence`: an account's pending ticks, apply,
+rescore, and the playbooks at every rescore point), then every account's ticks
+up to the as-of time. See ``service.model.scoring`` for the cadence contract.
 
 * Lines are processed in file order; per account that is the order the
-  stream would see them in. The watermark is the largest ``occurred_at`` of
-  the valid lines before the current one.
+  stream would see them in (it applies each partition's events in event-time
+  order). An account's ticks run up to each of its events (as in the stream,
+  whose timer ticks run the same rescore points earlier: the results are the
+  same, see ``service.model.cadence``).
 * Events after ``as_of`` are skipped (counted in ``after_as_of``).
 * Invalid lines (not JSON, failed validation...) are reported with their
   line number and reason and skipped; they never stop a replay. Blank lines
@@ -33,8 +36,10 @@ from schemas.decode import Rejected, decode_event
 from schemas.events import MAX_TIMESTAMP_MS, Event, parse_timestamp
 from schemas.outputs import BucketChange, HealthScore, format_utc
 from service.model.account_state import AccountState, ApplyResult
+from service.model.cadence import Cadence, Outcome
+from service.model.playbooks import PlaybookSet
 from service.model.scorecard import Scorecard
-from service.model.scoring import on_event, on_timer, score_at
+from service.model.scoring import score_at
 
 __all__ = ["InvalidLine", "ReplayResult", "ReplayStats", "decode_lines", "replay"]
 
@@ -59,6 +64,7 @@ class ReplayStats:
     events: int = 0
     invalid: int = 0
     applied: int = 0
+    triggers: int = 0
     duplicates: int = 0
     late: int = 0
     after_as_of: int = 0
@@ -72,11 +78,13 @@ class ReplayStats:
 
 @dataclass
 class ReplayResult:
-    """Scores (sorted by account), changes (sorted by as-of, account) and stats."""
+    """Scores (sorted by account), changes (sorted by as-of, account), playbook
+    triggers (sorted by as-of, account, playbook) and stats."""
 
     scores: list[HealthScore]
     changes: list[BucketChange]
     stats: ReplayStats
+    triggers: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[InvalidLine] = field(default_factory=list)
     as_of: int | None = None
 
@@ -105,8 +113,11 @@ def replay(
     now_ms: int | None = None,
     instants: Iterable[int] = (),
     on_instant: Callable[[int, Mapping[str, AccountState]], None] | None = None,
+    playbooks: PlaybookSet | None = None,
 ) -> ReplayResult:
     """Replay JSON lines of events; ``as_of`` defaults to the latest event time.
+
+    ``playbooks``: the playbooks to run (as the worker runs them); none by default.
 
     ``on_invalid`` is called for each invalid line as it is met (the CLI
     prints it); ``now_ms`` fixes ``computed_at`` (wall clock by default).
@@ -127,10 +138,12 @@ def replay(
     """
     pending = sorted(set(instants)) if on_instant is not None else []
     next_instant = pending[0] if pending else None
+    cadence = Cadence(scorecard, playbooks)
     stats = ReplayStats()
     invalid: list[InvalidLine] = []
     states: dict[str, AccountState] = {}
     changes: list[tuple[int, str, BucketChange]] = []
+    triggers: list[dict[str, Any]] = []
     watermark: int | None = None
     last_line = 0
     for number, item in decode_lines(lines):
@@ -148,12 +161,14 @@ def replay(
         if next_instant is not None and item.occurred_at > next_instant:
             assert on_instant is not None
             while pending and pending[0] < item.occurred_at:
-                _reach(pending.pop(0), states, scorecard, changes, on_instant)
+                _reach(pending.pop(0), states, cadence, changes, triggers, on_instant)
             next_instant = pending[0] if pending else None
         state = states.get(item.account_id)
         if state is None:
             state = states[item.account_id] = AccountState.new(item.account_id)
-        step = on_event(state, item, scorecard, watermark=watermark)
+        outcome = cadence.event(state, item)
+        step = outcome.step
+        triggers.extend(outcome.triggers)
         if step.result is ApplyResult.APPLIED:
             stats.applied += 1
         elif step.result is ApplyResult.DUPLICATE:
@@ -167,41 +182,55 @@ def replay(
     final = as_of if as_of is not None else watermark
     if on_instant is not None:
         while pending and final is not None and pending[0] <= final:
-            _reach(pending.pop(0), states, scorecard, changes, on_instant)
+            _reach(pending.pop(0), states, cadence, changes, triggers, on_instant)
     scores: list[HealthScore] = []
     if final is not None:
         for account_id in sorted(states):
             state = states[account_id]
-            changes.extend(_keyed(on_timer(state, final, scorecard).changes, state))
+            _collect(cadence.timer(state, final), state, changes, triggers)
             scores.append(score_at(state, final, scorecard, now_ms=now_ms))
         stats.as_of = format_utc(final)
     if on_instant is not None:
         for instant in pending:
-            _reach(instant, states, scorecard, [], on_instant)
+            _reach(instant, states, cadence, [], [], on_instant)
     changes.sort(key=lambda row: (row[0], row[1]))
+    triggers.sort(key=lambda t: (parse_timestamp(t["as_of"]), t["account_id"], t["playbook"]))
     stats.accounts = len(states)
     stats.changes = len(changes)
+    stats.triggers = len(triggers)
     return ReplayResult(
         scores=scores,
         changes=[change for _, _, change in changes],
         stats=stats,
         invalid=invalid,
         as_of=final,
+        triggers=triggers,
     )
 
 
 def _reach(
     instant: int,
     states: dict[str, AccountState],
-    scorecard: Scorecard,
+    cadence: Cadence,
     changes: list[tuple[int, str, BucketChange]],
+    triggers: list[dict[str, Any]],
     on_instant: Callable[[int, Mapping[str, AccountState]], None],
 ) -> None:
     # Every account's ticks up to the instant, as replay(as_of=instant) runs
     # them before scoring; then the caller looks.
     for state in states.values():
-        changes.extend(_keyed(on_timer(state, instant, scorecard).changes, state))
+        _collect(cadence.timer(state, instant), state, changes, triggers)
     on_instant(instant, states)
+
+
+def _collect(
+    outcome: Outcome,
+    state: AccountState,
+    changes: list[tuple[int, str, BucketChange]],
+    triggers: list[dict[str, Any]],
+) -> None:
+    changes.extend(_keyed(outcome.step.changes, state))
+    triggers.extend(outcome.triggers)
 
 
 def _keyed(

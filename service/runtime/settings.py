@@ -139,6 +139,27 @@ class Settings(BaseSettings):
             " deliveries) for at most this long, then exits, logging what it left undone."
         ),
     )
+    worker_processes: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description=(
+            "Worker processes `vitals worker` runs on this machine, one consumer of the"
+            " group each, on ports VITALS_WEB_PORT and up; 0 or 'auto': one per core."
+        ),
+    )
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _auto_processes(cls, value: object) -> object:
+        # "auto" is the documented spelling of 0 (one per core).
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return 0
+            if not text.isdigit():
+                raise ValueError(f"must be a number of processes or 'auto', got {value!r}")
+        return value
 
     @field_validator("topic_prefix")
     @classmethod

@@ -20,7 +20,11 @@ One run measures, over the same simulated events on the same broker:
     after 91 days without events (``scoring.on_timer``), plus the worker's RSS
     growth per account;
 (e) **Quix Streams** -- an equivalent per-account stateful count, when an
-    interpreter with ``quixstreams`` is available (``--quix-python``).
+    interpreter with ``quixstreams`` is available (``--quix-python``);
+(f) **machine** -- (b) again with ``vitals worker --processes N`` (N = the
+    machine's cores by default, at most one per partition): N workers of one
+    new group over the same events, run after (d) while the worker of (b)
+    idles; the machine rate beside the one-process rate.
 
 The pure helpers (percentiles, rates, targets, the table) are at the top and
 unit-tested; the Kafka and subprocess parts follow.
@@ -57,7 +61,9 @@ from typing import Any, Final
 import orjson
 
 from service.tools.child_process import (
+    child_pids,
     free_port,
+    free_port_range,
     http_get,
     spawn,
     stop_group,
@@ -74,6 +80,8 @@ __all__ = [
     "history_days",
     "latency_summary",
     "machine_info",
+    "machine_processes",
+    "measure_machine",
     "percentile",
     "prometheus_sum",
     "rate",
@@ -333,6 +341,22 @@ def render_table(result: Mapping[str, Any]) -> str:
         f" of {_fmt(e2e.get('cpu_wall_seconds'), 1)} s"
     )
     row("    (b) / (a)", e2e.get("share_of_limit"), 3)
+    machine_rate = result.get("machine_rate") or {}
+    if machine_rate.get("events_per_s") is not None:
+        n = machine_rate.get("processes")
+        row(f"(f) machine: {n} processes end to end", machine_rate.get("events_per_s"), 0, "ev/s")
+        row("    from readiness of all", machine_rate.get("events_per_s_from_ready"), 0, "ev/s")
+        speedup = machine_rate.get("speedup_over_one_process")
+        row("    speed-up over one process (f)/(b)", speedup, 2)
+        row("    worker CPU per event", machine_rate.get("worker_cpu_ms_per_event"), 3, "ms")
+        lines.append(
+            f"{'    CPU s workers / broker (ready..done)':<44} "
+            f"{_fmt(machine_rate.get('cpu_seconds_workers'), 1)}/"
+            f"{_fmt(machine_rate.get('cpu_seconds_broker'), 1)}"
+            f" of {_fmt(machine_rate.get('cpu_wall_seconds'), 1)} s"
+        )
+    elif machine_rate:
+        lines.append(f"(f) machine: {machine_rate.get('status', 'not run')}")
     for run in (result.get("latency") or {}).get("runs") or []:
         head = f"(c) latency @ {_fmt(run.get('offered_rate'))}/s offered"
         row(head, run.get("achieved_rate"), 0, "ev/s sent")
@@ -471,6 +495,7 @@ class BenchParams:
     timeout: float = 3600.0
     keep: bool = False
     state_sample: int = 2000
+    processes: int = 0  # (f): 0 = one per core (at most one per partition); 1 = skip (f)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -529,10 +554,21 @@ class Worker:
     profile_to: Path | None = None
     web_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: > 1: ``vitals worker --processes N`` on ports web_port..web_port+N-1 (step f).
+    processes: int = 1
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every worker process's address (one unless ``processes`` > 1)."""
+        return [f"http://127.0.0.1:{self.web_port + i}" for i in range(self.processes)]
+
+    def worker_pids(self) -> list[int]:
+        """The processes that do the work: the worker, or the pool's workers."""
+        return child_pids(self.pid) if self.processes > 1 else [self.pid]
 
     @property
     def log_path(self) -> Path:
@@ -551,7 +587,9 @@ class Worker:
         )
         # The simulator's product: key features and KPI configured, as in the demo.
         env["VITALS_SCORECARD_FILE"] = "demo"
-        if self.profile_to is None:
+        if self.processes > 1:
+            command = vitals_command("worker", "--processes", str(self.processes))
+        elif self.profile_to is None:
             command = vitals_command("worker")
         else:
             command = vitals_command("worker", "--profile-to", str(self.profile_to))
@@ -577,18 +615,21 @@ class Worker:
         return "(no log)"
 
     def metrics(self) -> str:
-        status, body = http_get(f"{self.url}/metrics")
-        if status != 200:
-            raise BenchError(f"GET /metrics answered {status}")
-        return body.decode()
+        """The /metrics text of every process, one after the other (sums add up)."""
+        texts = []
+        for url in self.urls:
+            status, body = http_get(f"{url}/metrics")
+            if status != 200:
+                raise BenchError(f"GET {url}/metrics answered {status}")
+            texts.append(body.decode())
+        return "\n".join(texts)
 
     def ready(self) -> bool:
         self.check_alive()
         try:
-            status, _ = http_get(f"{self.url}/readyz", timeout=2)
+            return all(http_get(f"{url}/readyz", timeout=2)[0] == 200 for url in self.urls)
         except OSError:
             return False
-        return status == 200
 
     def dump_profile(self, timeout: float = 60.0) -> int | None:
         """Signal a profiled worker: it writes its profile and exits at once."""
@@ -637,7 +678,7 @@ class _Ctx:
             partitions=self.params.partitions,
         )
 
-    def new_worker(self, name: str, profile_to: Path | None = None) -> Worker:
+    def new_worker(self, name: str, profile_to: Path | None = None, processes: int = 1) -> Worker:
         worker = Worker(
             bootstrap=self.bootstrap,
             app_id=f"vitals-bench-{self.token}-{name}",
@@ -645,7 +686,10 @@ class _Ctx:
             partitions=self.params.partitions,
             work_dir=self.work_dir,
             profile_to=profile_to,
+            processes=processes,
         )
+        if processes > 1:
+            worker.web_port = free_port_range(processes)
         self.workers.append(worker)
         worker.start()
         return worker
@@ -751,9 +795,12 @@ async def measure_limit(ctx: _Ctx, settings: Any, total: int) -> dict[str, Any]:
     }
 
 
-async def _event_score_edges(settings: Any) -> tuple[int | None, int | None, int]:
-    """(first, last, count) of the score messages: the earliest CreateTime of
-    any score and the latest of a score an *event* caused.
+async def _event_score_edges(
+    settings: Any, start: Mapping[Any, int] | None = None
+) -> tuple[int | None, int | None, int]:
+    """(first, last, count) of the score messages (from ``start``, default the
+    beginning): the earliest CreateTime of any score and the latest of a score
+    an *event* caused.
 
     Scores whose ``as_of`` is on a tick boundary (UTC midnight) are timer
     re-evaluations of silent accounts; the worker sends the last of them only
@@ -762,7 +809,8 @@ async def _event_score_edges(settings: Any) -> tuple[int | None, int | None, int
     """
     from schemas.events import parse_timestamp
 
-    start = {tp: 0 for tp in await _end_offsets(settings, settings.scores_topic)}
+    if start is None:
+        start = {tp: 0 for tp in await _end_offsets(settings, settings.scores_topic)}
     first: int | None = None
     last: int | None = None
     count = 0
@@ -871,6 +919,146 @@ async def measure_end_to_end(
     }
     memory = {"rss_ready_kb": rss_ready, "rss_done_kb": rss_done}
     return worker, result, memory
+
+
+async def _committed_inputs(settings: Any, group: str, admin: Any = None) -> int:
+    """Input messages ``group`` has committed, summed over the input topics."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = admin or AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    if admin is None:
+        await client.start()
+    try:
+        offsets = await client.list_consumer_group_offsets(group)
+    finally:
+        if admin is None:
+            await client.close()
+    inputs = set(settings.input_topics)
+    return sum(max(0, meta.offset) for tp, meta in offsets.items() if tp.topic in inputs)
+
+
+async def _wait_committed(
+    ctx: _Ctx, settings: Any, worker: Worker, target: int, within: float
+) -> float:
+    """Poll the group's committed input offsets until they add up to ``target``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        started = time.monotonic()
+        next_report = started + 5.0
+        while True:
+            worker.check_alive()
+            done = await _committed_inputs(settings, worker.app_id, admin)
+            if done >= target:
+                return time.time()
+            now = time.monotonic()
+            if now - started > within:
+                raise BenchError(
+                    f"machine: the processes committed {done:,} of {target:,} events "
+                    f"in {within:.0f} s"
+                )
+            if now >= next_report:
+                ctx.progress(f"machine: committed {done:,}/{target:,} after {now - started:,.0f} s")
+                next_report = now + 5.0
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+def _cpu_total(pids: Sequence[int]) -> float | None:
+    """CPU seconds of several processes together (None when one is unreadable)."""
+    total = 0.0
+    for pid in pids:
+        seconds = _cpu_seconds(pid)
+        if seconds is None:
+            return None
+        total += seconds
+    return total
+
+
+async def measure_machine(
+    ctx: _Ctx,
+    settings: Any,
+    total: int,
+    processes: int,
+    limit: Mapping[str, Any],
+    one_process: Mapping[str, Any],
+) -> dict[str, Any]:
+    """(f) (b) again with ``vitals worker --processes N``: a new group of N workers.
+
+    Measured like (b), over the same ``total`` events (nothing else may be in
+    the input topics yet), from the first score this group publishes to the
+    last one an event caused; the pool is stopped afterwards. The end is seen
+    in the group's committed offsets, not in ``vitals_events_consumed_total``:
+    after a rebalance between the processes (they may join the group one
+    after the other) the new owner reads again what was not committed, and
+    the counter counts those events twice.
+    """
+    from service.tools.worker_pool import machine_cores
+
+    start = await _end_offsets(settings, settings.scores_topic)
+    pool = ctx.new_worker("machine", processes=processes)
+    started_wall = time.time()
+    await _wait_for(
+        pool.ready, 240.0, f"the {processes} worker processes to be ready", interval=0.1
+    )
+    ready_wall = time.time()
+    pids = pool.worker_pids()
+    if len(pids) != processes:
+        raise BenchError(f"expected {processes} worker processes, found {len(pids)}")
+    cpu_workers = _cpu_total(pids)
+    cpu_broker = _cpu_seconds(ctx.broker_pid)
+    committed_at_ready = await _committed_inputs(settings, pool.app_id)
+    ctx.progress(
+        f"(f) {processes} processes ready after {ready_wall - started_wall:.1f} s "
+        f"({committed_at_ready:,} events committed so far)"
+    )
+    done_wall = await _wait_committed(ctx, settings, pool, total, ctx.params.timeout)
+    cpu_workers = _cpu_delta(cpu_workers, _cpu_total(pids))
+    cpu_broker = _cpu_delta(cpu_broker, _cpu_seconds(ctx.broker_pid))
+    cpu_wall = time.time() - ready_wall
+    scores_published = await _settle(pool)
+    rss_kb = [_rss_kb(pid).get("VmRSS") for pid in pids]
+    first, last, score_messages = await _event_score_edges(settings, start)
+    await asyncio.to_thread(pool.stop, 30.0)
+    if first is None or last is None:
+        raise BenchError("the worker processes published no scores")
+    seconds = (last - first) / 1000.0
+    machine_rate = rate(total, seconds)
+    one_rate = one_process.get("events_per_s")
+    limit_rate = limit.get("events_per_s")
+    return {
+        "processes": processes,
+        "cores": machine_cores(),
+        "command": f"vitals worker --processes {processes}",
+        "events": total,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(machine_rate) if machine_rate is not None else None,
+        # The events still to process once every process owned its partitions.
+        "events_per_s_from_ready": round(
+            rate(total - committed_at_ready, last / 1000.0 - ready_wall) or 0.0
+        ),
+        "speedup_over_one_process": (
+            round(machine_rate / one_rate, 2) if machine_rate and one_rate else None
+        ),
+        "share_of_limit": (
+            round(machine_rate / limit_rate, 4) if machine_rate and limit_rate else None
+        ),
+        "ready_after_s": round(ready_wall - started_wall, 3),
+        "committed_at_ready": committed_at_ready,
+        "first_score_at": _iso(first),
+        "last_score_at": _iso(last),
+        "all_committed_seen_at": _iso(int(done_wall * 1000)),
+        "scores_published": int(scores_published),
+        "score_messages": score_messages,
+        "cpu_seconds_workers": cpu_workers,
+        "cpu_seconds_broker": cpu_broker,
+        "cpu_wall_seconds": round(cpu_wall, 3),
+        "worker_cpu_ms_per_event": (round(cpu_workers * 1000 / total, 3) if cpu_workers else None),
+        "rss_done_kb": rss_kb,
+    }
 
 
 def _iso(ms: int) -> str:
@@ -1300,6 +1488,25 @@ async def _run(ctx: _Ctx, kafka_version: str | None) -> dict[str, Any]:
     ctx.progress("(d) state size")
     result["state"] = await measure_state(ctx, settings, worker, memory, len(accounts))
 
+    # (f) before (c) adds events to the input topics, so it reads the same
+    # events as (b). The worker of (b) has caught up and idles meanwhile.
+    processes = machine_processes(params)
+    if processes > 1:
+        ctx.progress(f"(f) machine rate: vitals worker --processes {processes}")
+        result["machine_rate"] = await measure_machine(
+            ctx, settings, total, processes, result["limit"], e2e
+        )
+        ctx.progress(
+            f"(f) machine rate: {result['machine_rate']['events_per_s']:,} events/s "
+            f"with {processes} processes"
+        )
+    else:
+        result["machine_rate"] = {
+            "processes": 1,
+            "status": "skipped: one process per machine (one core, one partition or "
+            "--processes 1): the machine rate is (b)",
+        }
+
     runs: list[dict[str, Any]] = []
     consumed = total
     first = await latency_run(ctx, settings, worker, accounts, params.rate, consumed)
@@ -1333,6 +1540,19 @@ async def _run(ctx: _Ctx, kafka_version: str | None) -> dict[str, Any]:
     result["targets"] = evaluate_targets(result)
     result["pass"] = all(check["pass"] for check in result["targets"])
     return result
+
+
+def machine_processes(params: BenchParams) -> int:
+    """Worker processes of step (f): ``--processes``, 0 = one per core, at most one
+    per partition. Raises :class:`BenchError` for more processes than partitions."""
+    from service.tools.worker_pool import PoolError, machine_cores, resolve_processes
+
+    try:
+        return resolve_processes(
+            params.processes, cores=machine_cores(), partitions=params.partitions
+        )
+    except PoolError as exc:
+        raise BenchError(str(exc).replace("VITALS_PARTITIONS", "--partitions")) from exc
 
 
 def run_bench(params: BenchParams, progress: Progress = _stderr) -> dict[str, Any]:

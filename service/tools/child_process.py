@@ -19,7 +19,16 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["free_port", "http_get", "spawn", "stop_group", "vitals_command", "worker_env"]
+__all__ = [
+    "child_pids",
+    "free_port",
+    "free_port_range",
+    "http_get",
+    "spawn",
+    "stop_group",
+    "vitals_command",
+    "worker_env",
+]
 
 
 def free_port() -> int:
@@ -27,6 +36,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that were free a moment ago.
+
+    For ``vitals worker --processes N``, which listens on a port and the next N-1.
+    """
+    for _ in range(attempts):
+        first = free_port()
+        if first + count - 1 > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"found no {count} consecutive free ports in {attempts} attempts")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after the command name, which may hold spaces and ")".
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

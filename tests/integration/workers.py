@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.tools.child_process import (
+    child_pids,
+    free_port_range,
+    spawn,
+    stop_group,
+    vitals_command,
+    worker_env,
+)
+
 # free_port and http_get are re-exported: the integration tests import them from here.
 from service.tools.child_process import free_port as free_port
 from service.tools.child_process import http_get as http_get
-from service.tools.child_process import spawn, stop_group, vitals_command, worker_env
 
 T = TypeVar("T")
 
@@ -148,3 +156,62 @@ class WorkerProcess:
         if self.process is None:
             return None
         return stop_group(self.process, timeout)
+
+
+def session_processes(session_id: int) -> list[int]:
+    """Live (not zombie) processes of session ``session_id`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields: state, ppid, pgrp, session, ...
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+@dataclass
+class PoolProcess(WorkerProcess):
+    """``vitals worker --processes N``: one supervisor, N workers on consecutive ports.
+
+    ``spawn`` starts the supervisor as the leader of a new session; its workers
+    stay in that session (each in a process group of its own), so
+    :func:`session_processes` of its pid lists everything it started.
+    """
+
+    processes: int = 2
+
+    def __post_init__(self) -> None:
+        self.web_port = free_port_range(self.processes)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.web_port + i}" for i in range(self.processes)]
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"pool-{self.web_port}.log"
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["VITALS_DATA_DIR"] = str(self.data_dir / f"pool{self.web_port}")
+        return env
+
+    def start(self) -> PoolProcess:
+        command = vitals_command("worker", "--processes", str(self.processes))
+        self.process = spawn(command, self.env(), self.log_path)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> PoolProcess:
+        def ready() -> bool:
+            self._check_alive()
+            return all(http_get(f"{url}/readyz", timeout=2)[0] == 200 for url in self.urls)
+
+        wait_until(ready, timeout=timeout, what=f"{self.processes} pool processes to be ready")
+        return self
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        return child_pids(self.process.pid)

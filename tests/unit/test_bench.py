@@ -211,3 +211,46 @@ def test_score_latency_is_the_first_score_reflecting_the_event() -> None:
     latencies, unscored = score_latencies(sent, published)
     assert latencies == [200.0, 150.0]
     assert unscored == 2
+
+
+# ----------------------------------------------------------------- (f) the machine rate
+
+
+def test_table_shows_the_machine_rate_beside_one_process() -> None:
+    machine_rate = {
+        "processes": 2,
+        "events_per_s": 110_000,
+        "events_per_s_from_ready": 100_000,
+        "speedup_over_one_process": 1.83,
+        "worker_cpu_ms_per_event": 0.018,
+        "cpu_seconds_workers": 18.0,
+        "cpu_seconds_broker": 2.5,
+        "cpu_wall_seconds": 9.5,
+    }
+    table = render_table(_result(machine_rate=machine_rate))
+    lines = table.splitlines()
+    one = next(i for i, ln in enumerate(lines) if ln.startswith("(b) vitals end to end"))
+    machine = next(i for i, ln in enumerate(lines) if ln.startswith("(f) machine: 2 processes"))
+    assert one < machine < one + 12, "the machine rate sits beside the one-process rate"
+    assert "110,000 ev/s" in lines[machine]
+    assert any("speed-up over one process" in ln and "1.83" in ln for ln in lines)
+    assert any("18.0/2.5 of 9.5 s" in ln for ln in lines)
+
+
+def test_table_says_why_the_machine_rate_was_not_measured() -> None:
+    skipped = {"processes": 1, "status": "skipped: one process per machine"}
+    assert "(f) machine: skipped: one process per machine" in render_table(
+        _result(machine_rate=skipped)
+    )
+    assert "(f) machine" not in render_table(_result())
+
+
+def test_machine_processes_is_one_per_core_within_the_partitions() -> None:
+    from service.tools.bench import BenchError, machine_processes
+    from service.tools.worker_pool import machine_cores
+
+    assert machine_processes(BenchParams(processes=0, partitions=4)) == min(machine_cores(), 4)
+    assert machine_processes(BenchParams(processes=1)) == 1
+    assert machine_processes(BenchParams(processes=3, partitions=4)) == 3
+    with pytest.raises(BenchError, match=r"more than the 4 partitions \(--partitions\)"):
+        machine_processes(BenchParams(processes=5, partitions=4))

@@ -27,6 +27,7 @@ from schemas.outputs import (
 )
 from service.cli.playbooks import playbooks as playbooks_cli
 from service.model.account_state import AccountState
+from service.model.cadence import Outcome
 from service.model.playbooks import (
     Decision,
     PlaybookError,
@@ -519,12 +520,10 @@ def test_cooldowns_are_per_playbook() -> None:
 
 def test_the_worker_counts_suppressed_triggers() -> None:
     # The model only reports what a cooldown held back; the worker counts it.
-    from tests.unit.test_processor_timer import processor
+    from streams.processor import Processor
 
-    proc, _ = processor([0])
-    proc.playbooks = one("counted", "7d", "{kind: bucket_transition, from: any, to: red}")
-    state = AccountState.new(ACCOUNT)
-    card = default_scorecard()
+    playbooks = one("counted", "7d", "{kind: bucket_transition, from: any, to: red}")
+    memory = PlaybookMemory()
 
     def suppressed() -> float:
         value = REGISTRY.get_sample_value(
@@ -532,13 +531,13 @@ def test_the_worker_counts_suppressed_triggers() -> None:
         )
         return value or 0.0
 
+    def outcome(when: int, from_bucket: str) -> Outcome:
+        decision = run(playbooks, memory, when=when, changes=change(from_bucket, "red", when))
+        return Outcome(Step(None, None, []), decision.triggers, decision.suppressed)
+
     before = suppressed()
-    first = proc.decide_playbooks(
-        state, Step(None, evaluate_score(state, at(0), card), [change("green", "red", at(0))])
-    )
-    second = proc.decide_playbooks(
-        state, Step(None, evaluate_score(state, at(1), card), [change("yellow", "red", at(1))])
-    )
+    first = Processor.triggers_of(outcome(at(0), "green"))
+    second = Processor.triggers_of(outcome(at(1), "yellow"))
     assert [len(first), len(second)] == [1, 0]
     assert suppressed() == before + 1
 

@@ -239,3 +239,56 @@ async def test_a_partition_still_applying_events_is_not_a_stall(
     proc.stalled[0] = (oldest - 1, since, last_logged)
     assert "none applied" not in await logged_tick(proc, caplog)
     assert top.app.consumer.sought == []
+
+
+@dataclass
+class StandInRecord:
+    value: bytes
+    key: bytes
+    partition: int
+    offset: int
+    headers: tuple[()] = ()
+
+
+async def test_a_backfill_behind_the_clock_gets_the_boundary_again() -> None:
+    """A worker idle past a tick boundary has sent it to no account; events older
+    than it that arrive afterwards must get it too (or their silent days are
+    not rescored until the next boundary, unlike replay)."""
+    from service.processing.partitioning import account_partition
+
+    proc, top = processor([0, 1])
+    await proc.maybe_tick()
+    assert sorted(top.ticks.sent) == [(0, boundary()), (1, boundary())]
+    account = next(
+        f"acct-{i}" for i in range(50) if account_partition(f"acct-{i}".encode(), 2) == 0
+    )
+    login_topic = next(topic for topic, kind in SETTINGS.input_topics.items() if kind == "login")
+    old = boundary() - 3 * TICK
+    value = orjson.dumps(
+        {
+            "event_id": "e1",
+            "account_id": account,
+            "type": "login",
+            "occurred_at": old,
+            "user_id": "u1",
+        }
+    )
+    proc.on_record((login_topic, 0), StandInRecord(value, account.encode(), 0, 0))
+    top.ticks.sent.clear()
+    await proc.maybe_tick()
+    assert sorted(top.ticks.sent) == [(0, boundary()), (1, boundary())]
+    # An event at or after the boundary does not ask again.
+    top.ticks.sent.clear()
+    value = orjson.dumps(
+        {
+            "event_id": "e2",
+            "account_id": account,
+            "type": "login",
+            "occurred_at": boundary(),
+            "user_id": "u1",
+        }
+    )
+    proc.on_record((login_topic, 0), StandInRecord(value, account.encode(), 0, 1))
+    await proc.maybe_tick()
+    # (Buffered events get a wake-up without a boundary.)
+    assert [as_of for _, as_of in top.ticks.sent if as_of is not None] == []
