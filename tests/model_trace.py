@@ -3,12 +3,14 @@
 The compiled model (README, "Compiled model") must compute exactly what the
 interpreted one does; tests/unit/test_compiled_model.py runs this trace both
 ways (here in process, on the compiled model, and in a child process on the
-source tree) and compares the lines. Per event: the metric values of the
-step's evaluation (``repr``: ``1`` and ``1.0`` differ), its score JSON, bucket
-changes and playbook triggers; every few events the account's state bytes
-(read back for the next event, so the load path runs too), the whole
-evaluation, its health message and an explain at a later instant; at the end
-each account's ticks of 40 silent days and its final state.
+source tree) and compares the lines. Each history goes through
+``service.model.cadence`` (the stream's and replay's one path). Per event:
+the metric values of the step's evaluation (``repr``: ``1`` and ``1.0``
+differ), its score JSON, bucket changes and playbook triggers; every few
+events the account's state bytes (read back for the next event, so the load
+path runs too), the whole evaluation, its health message and an explain at a
+later instant; at the end each account's ticks of 40 silent days, with their
+changes and triggers, and its final state.
 
     python -m tests.model_trace OUT.txt    # from the repository root; "-": stdout
 
@@ -26,9 +28,10 @@ from pydantic import ValidationError
 
 from schemas.events import event_adapter
 from service.model.account_state import AccountState
-from service.model.playbooks import default_playbooks, playbooks_for_step
+from service.model.cadence import Cadence
+from service.model.playbooks import default_playbooks
 from service.model.scorecard import Scorecard, parse_scorecard, shipped_scorecard
-from service.model.scoring import Evaluation, health_score, on_event, on_timer, score_json
+from service.model.scoring import Evaluation, health_score, on_timer, score_json
 from service.model.windows import DAY_MS
 from service.tools.simulate import generate_history
 
@@ -77,9 +80,8 @@ def _evaluation(ev: Evaluation | None) -> str:
 
 def trace_case(card_name: str, source: str, accounts: int, days: int, seed: int) -> Iterator[str]:
     card = scorecard(card_name)
-    books = default_playbooks()
+    cadence = Cadence(card, default_playbooks())
     states: dict[str, AccountState] = {}
-    watermark: int | None = None
     yield f"case {card_name} {source} {accounts} {days} {seed}"
     for n, line in enumerate(history(source, accounts, days, seed)):
         try:
@@ -90,17 +92,15 @@ def trace_case(card_name: str, source: str, accounts: int, days: int, seed: int)
         state = states.get(event.account_id)
         if state is None:
             state = states[event.account_id] = AccountState.new(event.account_id)
-        step = on_event(state, event, card, watermark=watermark, now_ms=0)
-        if watermark is None or event.occurred_at > watermark:
-            watermark = event.occurred_at
-        decision = playbooks_for_step(books, card, state, step)
+        outcome = cadence.event(state, event, now_ms=0)
+        step = outcome.step
         ev = step.evaluation
         if ev is None:
             yield f"{n} {step.result}"
         else:
             yield f"{n} {step.result} {dict(ev.values)!r} {score_json(ev, now_ms=0).decode()}"
         yield from (change.model_dump_json() for change in step.changes)
-        yield from (orjson.dumps(trigger).decode() for trigger in decision.triggers)
+        yield from (orjson.dumps(trigger).decode() for trigger in outcome.triggers)
         if n % EVERY == 0:
             data = state.to_bytes()
             yield data.decode()
@@ -112,9 +112,10 @@ def trace_case(card_name: str, source: str, accounts: int, days: int, seed: int)
                 yield _evaluation(later.evaluation)
     for account in sorted(states):
         state = states[account]
-        step = on_timer(state, END_MS + 40 * DAY_MS, card, now_ms=0)
-        yield f"{account} {_evaluation(step.evaluation)}"
-        yield from (change.model_dump_json() for change in step.changes)
+        outcome = cadence.timer(state, END_MS + 40 * DAY_MS, now_ms=0)
+        yield f"{account} {_evaluation(outcome.step.evaluation)}"
+        yield from (change.model_dump_json() for change in outcome.step.changes)
+        yield from (orjson.dumps(trigger).decode() for trigger in outcome.triggers)
         yield state.to_bytes().decode()
 
 
