@@ -141,6 +141,17 @@ class Unpublished:
     started: float
 
 
+@dataclass(slots=True)
+class _Tick:
+    """A tick going through a partition's accounts in chunks."""
+
+    #: Account keys still to evaluate.
+    keys: list[bytes]
+    as_of: int
+    evaluated: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
 @dataclass
 class Processor:
     """Per-worker processing state that is not account state."""
@@ -198,6 +209,10 @@ class Processor:
     #: source -> end offset asked of the broker, for sources no fetch response
     #: has given a highwater yet (see ``end_offset``).
     asked_ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: partition -> the source topic-partitions paused because its buffer is full.
+    paused: dict[int, list[Any]] = field(default_factory=dict)
+    #: partition -> the tick being applied in chunks there.
+    ticking: dict[int, _Tick] = field(default_factory=dict)
     #: partition -> (arrival number of its oldest buffered item, since when
     #: that item has been the oldest, when the stall was last logged); see
     #: ``watch_stalls``.
@@ -314,6 +329,7 @@ class Processor:
         for partition in touched:
             while self.release(partition, RELEASE_CHUNK) == RELEASE_CHUNK:
                 await self.after_chunk()
+            self.bound_buffer(partition)
         await self.after_chunk()
 
     async def after_chunk(self) -> None:
@@ -483,8 +499,14 @@ class Processor:
         """Apply up to ``limit`` buffered items of a partition that are due,
         oldest first; returns how many were applied."""
         heap = self.buffers.get(partition)
+        applied = 0
+        if partition in self.ticking:
+            now_ms = int(time.time() * 1000)
+            applied = self.continue_tick(partition, now_ms, limit)
+            if partition in self.ticking:
+                return applied  # the limit was reached inside the tick
         if not heap:
-            return 0
+            return applied
         # Recomputing the safe time walks the assignment; within a few
         # milliseconds the last answer is as good.
         now = time.monotonic()
@@ -494,11 +516,10 @@ class Processor:
         else:
             computed = self.safe_time(partition)
             if computed is None:
-                return 0
+                return applied
             safe = computed
             self.safe_cache[partition] = (safe, now)
         now_ms = int(time.time() * 1000)
-        applied = 0
         released = self.released
         while heap and heap[0][0] <= safe and (limit is None or applied < limit):
             _, _, item = heapq.heappop(heap)
@@ -508,11 +529,63 @@ class Processor:
             done.add(item.offset)
             if item.decoded is None:
                 assert item.as_of is not None
-                self.on_tick(partition, item.as_of, now_ms)
+                self.start_tick(partition, item.as_of)
+                left = None if limit is None else max(1, limit - applied)
+                applied += self.continue_tick(partition, now_ms, left)
+                if partition in self.ticking:
+                    return applied
             else:
                 self.apply_event(partition, item, now_ms)
-            applied += 1
+                applied += 1
         return applied
+
+    def bound_buffer(self, partition: int) -> None:
+        """Keep a partition's reorder buffer under ``buffer_max_events``.
+
+        Over the bound, stop fetching the partition's sources that are ahead
+        in event time (their events wait for a slower source: reading more of
+        them only grows the buffer); the sources holding the safe time are
+        still read, so the buffer drains. Below half the bound, fetch them all
+        again. (A paused partition's fetched records stay in the client's
+        buffer; nothing is dropped.)
+        """
+        heap = self.buffers.get(partition)
+        size = len(heap) if heap else 0
+        limit = self.settings.buffer_max_events
+        paused = self.paused.get(partition)
+        consumer: Any = self.top.app.consumer
+        if paused is not None:
+            if size <= limit // 2:
+                del self.paused[partition]
+                consumer.resume_partitions(paused)
+                log.info(
+                    "partition %d: buffer down to %d events, fetching all sources", partition, size
+                )
+            return
+        if size <= limit:
+            return
+        tps = [
+            tp
+            for tp in consumer.assignment()
+            if tp.partition == partition and tp.topic in self.sources
+        ]
+        marks = {tp: self.watermarks.get((tp.topic, tp.partition)) for tp in tps}
+        known = [mark for mark in marks.values() if mark is not None]
+        if not known:
+            return
+        slowest = min(known)
+        ahead = [tp for tp, mark in marks.items() if mark is not None and mark > slowest]
+        if ahead:
+            self.paused[partition] = ahead
+            consumer.pause_partitions(ahead)
+            log.info(
+                "partition %d: %d events buffered (bound %d); pausing %d sources ahead in "
+                "event time until they are applied",
+                partition,
+                size,
+                limit,
+                len(ahead),
+            )
 
     def origin_of(self, topic: str, record: Any) -> Origin:
         if topic != self.repartition_topic:
@@ -579,12 +652,25 @@ class Processor:
             metrics.PLAYBOOK_SUPPRESSED.labels(held.playbook).inc()
         return outcome.triggers
 
-    def on_tick(self, partition: int, as_of: int, now_ms: int) -> None:
-        """Evaluate every account of ``partition`` at the tick's boundary."""
+    def start_tick(self, partition: int, as_of: int) -> None:
+        self.ticking[partition] = _Tick(list(self.partition_keys(partition)), as_of)
+
+    def continue_tick(self, partition: int, now_ms: int, limit: int | None) -> int:
+        """Evaluate the next accounts (at most ``limit``) of the partition's tick
+        in progress at its boundary; returns how many were walked (at least 1).
+
+        A tick goes through a partition in chunks, like the release of events,
+        so a large partition cannot hold the event loop. Items after the tick
+        wait until it is done; an account's own later events would run its
+        ticks first anyway (``Cadence.event``), so nothing depends on it.
+        """
+        tick = self.ticking[partition]
+        keys, as_of = tick.keys, tick.as_of
         started = time.perf_counter()
         states = self.states
-        evaluated = 0
-        for key in self.partition_keys(partition):
+        count = len(keys) if limit is None else min(limit, len(keys))
+        for _ in range(count):
+            key = keys.pop()
             state = states.get(key)
             if state is None:
                 continue
@@ -594,14 +680,22 @@ class Processor:
                 triggers = self.triggers_of(outcome)
                 self._store(key, state, partition)
                 self.publish(key, step, started, state, triggers)
-                evaluated += 1
-        log.info(
-            "tick %s on partition %d: %d accounts re-evaluated in %.3f s",
-            as_of,
-            partition,
-            evaluated,
-            time.perf_counter() - started,
-        )
+                tick.evaluated += 1
+        if not keys:
+            del self.ticking[partition]
+            log.info(
+                "tick %s on partition %d: %d accounts re-evaluated in %.3f s",
+                as_of,
+                partition,
+                tick.evaluated,
+                time.monotonic() - tick.since,
+            )
+        return max(count, 1)
+
+    def on_tick(self, partition: int, as_of: int, now_ms: int) -> None:
+        """Evaluate every account of ``partition`` at the tick's boundary, at once."""
+        self.start_tick(partition, as_of)
+        self.continue_tick(partition, now_ms, None)
 
     # ------------------------------------------------------------ outputs
 
@@ -653,11 +747,8 @@ class Processor:
         await self._produce_outbox()
 
     def _summarise(self, key: bytes, state: AccountState, evaluation: Evaluation) -> None:
-        previous = self.summaries.get(key)
-        if previous is None or previous.bucket != evaluation.bucket:
-            if previous is not None:
-                metrics.ACCOUNTS_BY_BUCKET.labels(previous.bucket).dec()
-            metrics.ACCOUNTS_BY_BUCKET.labels(evaluation.bucket).inc()
+        # (vitals_accounts_by_bucket is counted from the owned states when
+        # scraped: a gauge kept up here also counted accounts a rebalance took away.)
         self.summaries[key] = summary_of(
             state,
             evaluation.bucket,
@@ -799,10 +890,11 @@ class Processor:
         """Apply buffered events that became due without a new batch (a source
         went quiet, or the live skew passed), then publish them."""
         async with self.lock:
-            if any(self.buffers.values()):
-                for partition in list(self.buffers):
+            if any(self.buffers.values()) or self.ticking:
+                for partition in {*self.buffers, *self.ticking}:
                     while self.release(partition, RELEASE_CHUNK) == RELEASE_CHUNK:
                         await self.after_chunk()
+                    self.bound_buffer(partition)
                 await self.after_chunk()
 
     async def commit_now(self, wait: bool = True) -> None:
@@ -835,6 +927,13 @@ class Processor:
         self.newest_read.clear()
         self.asked_ends.clear()
         self.stalled.clear()
+        self.ticking.clear()
+        consumer: Any = self.top.app.consumer
+        for paused in self.paused.values():
+            if consumer is not None:
+                consumer.resume_partitions(paused)
+        self.paused.clear()
+        self.summaries.clear()
         self.index = None
         # The next owner of a partition must get a tick even for a boundary
         # this worker already announced.

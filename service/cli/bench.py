@@ -119,6 +119,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     "0: one per core, at most one per partition; 1: skip (f).",
 )
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, broker data).")
+@click.option(
+    "--pipeline",
+    is_flag=True,
+    help="Only the in-process path without Kafka: microseconds per event per stage "
+    "(decode, order, apply, rescore, playbooks, outputs, changelog) over --accounts "
+    "accounts (default here: 500) and 30 days of the simulator's history.",
+)
 def bench(
     events: int,
     accounts: int,
@@ -136,6 +143,7 @@ def bench(
     timeout: float,
     processes: int,
     keep: bool,
+    pipeline: bool,
 ) -> None:
     """Benchmark one worker: (a) consumer limit, (b) end-to-end events/s,
     (c) event -> score latency at a fixed rate, (d) state bytes per account,
@@ -146,6 +154,9 @@ def bench(
     Ctrl-C) unless --bootstrap is given; topics get a fresh prefix either way.
     Exit status 0 even when a target is missed: read "pass" in the JSON.
     """
+    if pipeline:
+        _pipeline(accounts, seed, output)
+        return
     from service.tools.bench import (
         BenchError,
         BenchParams,
@@ -194,3 +205,20 @@ def bench(
         raise CliError(f"cannot write results: {exc}") from exc
     click.echo(text, nl=False)
     click.echo(f"bench: result written to {output}", err=True)
+
+
+def _pipeline(accounts: int, seed: int, output: Path | None) -> None:
+    """``--pipeline``: the in-process stage table (stdout) and its JSON (``--output``)."""
+    import json
+
+    from service.tools.bench_pipeline import measure, render
+
+    source = click.get_current_context().get_parameter_source("accounts")
+    chosen = accounts if source is click.core.ParameterSource.COMMANDLINE else 500
+    result = measure(
+        chosen, 30, seed, progress=lambda text: click.echo(f"vitals bench: {text}", err=True)
+    )
+    click.echo(render(result))
+    explicit = click.get_current_context().get_parameter_source("output")
+    if output is not None and explicit is click.core.ParameterSource.COMMANDLINE:
+        output.write_text(json.dumps(result.as_dict(), indent=2) + "\n", encoding="utf-8")

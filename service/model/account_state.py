@@ -269,6 +269,7 @@ class AccountState:
         "_scoring",
         "_tickets_dump",
         "_tickets_low",
+        "_trend",
         "_uf_low",
         "_version",
         "account_id",
@@ -396,6 +397,8 @@ class AccountState:
         self._memo: Any = None
         #: Scoring's per-metric cache (``service.model.scoring``).
         self._scoring: Any = None
+        #: Scoring's cache of the scores in effect 7 and 30 days before a day.
+        self._trend: Any = None
         #: Key features -> users by adoption day (see :meth:`adoption_index`).
         self._adoption: dict[tuple[str, ...], DayIndex] | None = None
         #: Lower bounds of the days in ``user_features`` / the ``status_at`` of

@@ -65,6 +65,7 @@ from service.model.scorecard import (
     Condition,
     NotOf,
     Scorecard,
+    compile_condition,
     condition_metrics,
 )
 from service.model.scoring import Evaluation, evaluate_condition
@@ -238,6 +239,11 @@ class PlaybookSet(_Model):
             if isinstance(playbook.trigger, MetricCondition)
             for metric in condition_metrics(playbook.trigger.when)
         )
+
+    @functools.cached_property
+    def compiled(self) -> _Compiled:
+        """The playbooks in the form :func:`decide_point`'s quiet check reads."""
+        return _Compiled(self)
 
     def check_metrics(self, scorecard: Scorecard, source: str = "<string>") -> None:
         """Raise :class:`PlaybookError` if a condition reads a metric that
@@ -720,6 +726,79 @@ def metric_values_for(
     return values
 
 
+class _Compiled:
+    """A playbook set as plain tuples: (name, kind, trigger, compiled condition or
+    None) per playbook, and the cooldown of each name."""
+
+    __slots__ = ("book", "cooldowns", "has_transitions", "rows")
+
+    def __init__(self, playbooks: PlaybookSet) -> None:
+        self.book = playbooks
+        rows = []
+        for playbook in playbooks.playbooks:
+            trigger = playbook.trigger
+            condition = (
+                compile_condition(trigger.when) if isinstance(trigger, MetricCondition) else None
+            )
+            rows.append((playbook.name, playbook.kind, trigger, condition))
+        self.rows = tuple(rows)
+        self.cooldowns = {p.name: p.cooldown_ms for p in playbooks.playbooks}
+        self.has_transitions = any(kind == "bucket_transition" for _, kind, _, _ in rows)
+
+
+def _quiet(
+    compiled: _Compiled,
+    scorecard: Scorecard,
+    state: AccountState,
+    evaluation: Evaluation,
+    change: BucketChange | None,
+    memory: PlaybookMemory,
+) -> bool:
+    """Whether :func:`decide` at this point would fire nothing, hold nothing
+    back and leave ``memory`` as it is: no bucket change for a transition
+    playbook, every condition's and score drop's truth unknown or the one
+    remembered, and nothing for ``_prune`` to forget. Reads metrics the profile
+    did not evaluate only for conditions whose bucket and stage filters pass."""
+    if change is not None and compiled.has_transitions:
+        return False
+    as_of = evaluation.as_of
+    cooldowns = compiled.cooldowns
+    for name, at in memory.fired.items():
+        cooldown = cooldowns.get(name)
+        if cooldown is None or as_of - at >= cooldown:
+            return False
+    active = memory.active
+    if not active.issubset(cooldowns):
+        return False
+    values: Mapping[str, float | None] = evaluation.values
+    completed = False
+    for name, kind, trigger, condition in compiled.rows:
+        truth: bool | None
+        if kind == "metric_condition":
+            assert isinstance(trigger, MetricCondition) and condition is not None
+            buckets, stages = trigger.bucket, trigger.stages
+            if (buckets is not None and evaluation.bucket not in buckets) or (
+                stages is not None and evaluation.stage not in stages
+            ):
+                truth = False
+            else:
+                if not completed:
+                    values = metric_values_for(
+                        compiled.book, scorecard, state, as_of, evaluation.values
+                    )
+                    completed = True
+                truth = condition(values)
+        elif kind == "score_drop":
+            assert isinstance(trigger, ScoreDrop)
+            delta = evaluation.delta_7d if trigger.period == "7d" else evaluation.delta_30d
+            truth = None if delta is None else delta <= -trigger.points
+        else:
+            continue
+        if truth is not None and truth != (name in active):
+            return False
+    return True
+
+
 def decide_point(
     playbooks: PlaybookSet,
     scorecard: Scorecard,
@@ -736,6 +815,11 @@ def decide_point(
     ``memory`` (cooldowns, edge states) is updated in place; the caller stores it
     in ``state.playbooks``.
     """
+    compiled = playbooks.compiled
+    if _quiet(compiled, scorecard, state, evaluation, change, memory):
+        # Most rescores: nothing fires and nothing changes; the full decision
+        # below would say the same (tests compare both on every point).
+        return Decision()
     values = metric_values_for(playbooks, scorecard, state, evaluation.as_of, evaluation.values)
     return decide(
         playbooks,

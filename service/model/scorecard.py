@@ -938,7 +938,7 @@ class Scorecard(_Model):
         self, stage: str | None, segment: str | None, tenure_days: int | None = None
     ) -> ResolvedProfile:
         """The first profile (in file order) whose ``when`` matches, else the default."""
-        for when, profile in self._resolved:
+        for when, profile in self._profiles:
             if when is None or when.matches(stage, segment, tenure_days):
                 return profile
         raise AssertionError("the default profile always matches")  # pragma: no cover
@@ -950,7 +950,17 @@ class Scorecard(_Model):
 
     def extractor(self, metric: str) -> Extractor:
         """The bound extractor of a defined metric."""
-        return self._extractors[metric]
+        return self._extractor_map[metric]
+
+    @functools.cached_property
+    def _extractor_map(self) -> dict[str, Extractor]:
+        # A plain attribute once read: pydantic private attributes go through
+        # __getattr__, which cost microseconds per call on the hot path.
+        return self._extractors
+
+    @functools.cached_property
+    def _profiles(self) -> list[tuple[ProfileWhen | None, ResolvedProfile]]:
+        return self._resolved
 
     @functools.cached_property
     def uses_tenure(self) -> bool:
@@ -969,7 +979,7 @@ class Scorecard(_Model):
             )
         return found
 
-    @property
+    @functools.cached_property
     def regular_features(self) -> frozenset[str]:
         """Features whose days of use accounts must keep: the key features of
         metrics that ask for regular use (``min_days`` above 1)."""

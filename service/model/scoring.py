@@ -736,7 +736,19 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
         elif policy.on_low_confidence == "hold" and previous_bucket is not None:
             rank = BUCKET_RANK[previous_bucket]
 
+    # The scores in effect 7 and 30 days ago, kept while the day and the
+    # history's days (its newest, its size) are the same: a rescore only
+    # writes its own day, compaction only drops old days.
     history = state.score_history
+    key = (day, len(history), next(reversed(history), None))
+    trend = state._trend
+    if trend is None or trend[0] != key:
+        trend = state._trend = (
+            key,
+            _score_then(history, day - 7),
+            _score_then(history, day - 30),
+        )
+    then_7d, then_30d = trend[1], trend[2]
     return _evaluation(
         {
             "account_id": state.account_id,
@@ -758,8 +770,8 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
             "gates_fired": tuple(gates.fired),
             "gates": tuple(gates.results),
             "pulse": _live_pulse(state.pulse, as_of),
-            "delta_7d": _delta(score, _score_then(history, day - 7)),
-            "delta_30d": _delta(score, _score_then(history, day - 30)),
+            "delta_7d": _delta(score, then_7d),
+            "delta_30d": _delta(score, then_30d),
             "_models": metrics.models,
         }
     )
@@ -909,29 +921,33 @@ def _judge_gates(
     (fired last time) are the same as at the last evaluation.
     """
     verdicts: list[tuple[bool, bool]] = []
+    append = verdicts.append
     firing: list[_CompiledGate] = []
+    gate_bits = plan.gate_bits
     for g, gate in enumerate(plan.gates):
-        was_held = gate.name in held
+        # (Tuple unpacking: a NamedTuple's attributes cost more on this path.)
+        name, condition, is_when, on_unknown, release = gate[:5]
+        was_held = name in held
         if (
             previous_verdicts is not None
-            and not moved & plan.gate_bits[g]
+            and not moved & gate_bits[g]
             and previous_verdicts[g][0] == was_held
         ):
             fires = previous_verdicts[g][1]
         else:
-            verdict = gate.condition(values)
+            verdict = condition(values)
             if verdict is None:
-                fires = gate.on_unknown
-            elif gate.is_when:
+                fires = on_unknown
+            elif is_when:
                 fires = verdict
             else:
                 fires = not verdict
-            if not fires and gate.release is not None and was_held:
+            if not fires and release is not None and was_held:
                 # Gate hysteresis: a firing gate holds until its release is true.
                 # Idempotent like the bucket hysteresis: re-evaluating with the
                 # gates this returns gives the same gates.
-                fires = gate.release(values) is not True
-        verdicts.append((was_held, fires))
+                fires = release(values) is not True
+        append((was_held, fires))
         if fires:
             firing.append(gate)
     if not firing:
@@ -1258,22 +1274,21 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
     Anything ``health_score`` would have to validate takes its path instead.
     """
     computed = int(time.time() * 1000) if now_ms is None else now_ms
+    # The component message forms are kept with the evaluation (and carried
+    # over while a component is unchanged, see _updated_metrics): their field
+    # dicts are the JSON fragments.
+    cached: list[Component | None] | None = ev.__dict__.get("_models")
+    if cached is None:
+        cached = [None] * len(ev.components)
     components = []
-    for c, label in zip(ev.components, ev.labels, strict=True):
-        rounded = _rounded_component(c)
-        if rounded is None:
-            return to_json(health_score(ev, now_ms=computed))
-        metric, value, score, weight, contribution = rounded
-        components.append(
-            {
-                "metric": metric,
-                "label": label,
-                "value": value,
-                "score": score,
-                "weight": weight,
-                "contribution": contribution,
-            }
-        )
+    labels = ev.labels
+    for i, model in enumerate(cached):
+        if model is None:
+            model = _component_model(ev.components[i], labels[i])
+            if model is None:
+                return to_json(health_score(ev, now_ms=computed))
+            cached[i] = model
+        components.append(model.__dict__)
     if not _score_fields_ok(ev):
         return to_json(health_score(ev, now_ms=computed))
     name, version = ev.scorecard

@@ -87,6 +87,16 @@ class Settings(BaseSettings):
             " rescoring clock) after this long without input."
         ),
     )
+    buffer_max_events: int = Field(
+        20_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "Events a partition's reorder buffer may hold before the worker stops fetching"
+            " the input topic-partitions that are ahead of the others (it resumes below"
+            " half): bounds memory during a catch-up."
+        ),
+    )
     live_skew_ms: int = Field(
         100,
         ge=0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -18,6 +20,11 @@ def install_operations(api: Api) -> None:
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Response:
         metrics.ACCOUNTS_TRACKED.set(len(accounts))
+        # Counted from the states this worker owns now (not kept up as scores
+        # are published: a rebalance takes accounts away).
+        by_bucket = Counter(state.bucket for state in list(accounts.values()))
+        for bucket in ("green", "yellow", "red"):
+            metrics.ACCOUNTS_BY_BUCKET.labels(bucket).set(by_bucket.get(bucket, 0))
         # aiohttp refuses a charset inside content_type; the exposition format's
         # version parameter is what Prometheus negotiates on.
         return web.bytes(

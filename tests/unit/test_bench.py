@@ -254,3 +254,16 @@ def test_machine_processes_is_one_per_core_within_the_partitions() -> None:
     assert machine_processes(BenchParams(processes=3, partitions=4)) == 3
     with pytest.raises(BenchError, match=r"more than the 4 partitions \(--partitions\)"):
         machine_processes(BenchParams(processes=5, partitions=4))
+
+
+def test_the_in_process_pipeline_measures_every_stage() -> None:
+    from service.tools.bench_pipeline import STAGES, measure, render
+
+    result = measure(accounts=20, days=10, seed=3, commit_every=200)
+    assert result.events > 300
+    assert set(result.us_per_event) == set(STAGES)
+    assert all(value >= 0 for value in result.us_per_event.values())
+    assert result.us_per_event["rescore"] > 0 and result.us_per_event["decode"] > 0
+    assert 0 < result.shares["rescored_steps"] <= 1
+    table = render(result)
+    assert all(stage in table for stage in STAGES) and "events/s" in table

@@ -766,3 +766,30 @@ def test_docs_example_trigger_is_what_decide_produces() -> None:
         as_of_ms=when,
     )
     assert decision.triggers[0] == documented
+
+
+def test_the_quiet_point_shortcut_decides_as_the_full_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # decide_point skips the full decision where nothing can fire or change;
+    # over a whole history both give the same triggers and playbook memory.
+    from service.model import playbooks as module
+    from service.model.scorecard import shipped_scorecard
+    from service.processing.replay import replay
+    from tests.unit.test_replay import golden_lines
+
+    card, book = shipped_scorecard("demo"), default_playbooks()
+    lines = golden_lines(accounts=15, days=40)
+    fast = replay(lines, card, playbooks=book, now_ms=0)
+    calls = {"quiet": 0}
+    real_quiet = module._quiet
+
+    def never_quiet(*args: Any) -> bool:
+        if real_quiet(*args):
+            calls["quiet"] += 1
+        return False
+
+    monkeypatch.setattr(module, "_quiet", never_quiet)
+    full = replay(lines, card, playbooks=book, now_ms=0)
+    assert fast.triggers == full.triggers and len(full.triggers) > 5
+    assert calls["quiet"] > 100  # the shortcut was taken, and changed nothing

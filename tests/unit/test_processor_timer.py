@@ -46,6 +46,7 @@ class StandInConsumer:
     #: End offsets of topics with records (the rest are empty).
     ends: dict[str, int] = field(default_factory=dict)
     sought: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    paused: set[TopicPartition] = field(default_factory=set)
 
     def assignment(self) -> set[TopicPartition]:
         topics = [*SETTINGS.input_topics, SETTINGS.repartition_topic, SETTINGS.ticks_topic]
@@ -58,6 +59,12 @@ class StandInConsumer:
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
         self.sought.append((tp, offset))
+
+    def pause_partitions(self, tps: list[TopicPartition]) -> None:
+        self.paused.update(tps)
+
+    def resume_partitions(self, tps: list[TopicPartition]) -> None:
+        self.paused.difference_update(tps)
 
     async def highwaters(self, *tps: TopicPartition) -> dict[TopicPartition, int]:
         self.asked.extend(tps)
@@ -292,3 +299,71 @@ async def test_a_backfill_behind_the_clock_gets_the_boundary_again() -> None:
     await proc.maybe_tick()
     # (Buffered events get a wake-up without a boundary.)
     assert [as_of for _, as_of in top.ticks.sent if as_of is not None] == []
+
+
+def _login(topic_offset: int, account: str, at: int) -> StandInRecord:
+    value = orjson.dumps(
+        {
+            "event_id": f"e{topic_offset}-{at}",
+            "account_id": account,
+            "type": "login",
+            "occurred_at": at,
+            "user_id": "u1",
+        }
+    )
+    return StandInRecord(value, account.encode(), 0, topic_offset)
+
+
+async def test_a_full_buffer_pauses_the_sources_ahead_and_resumes_below_half() -> None:
+    from service.processing.partitioning import account_partition
+
+    proc, top = processor([0])
+    proc.settings = SETTINGS.model_copy(update={"buffer_max_events": 100})
+    account = next(
+        f"acct-{i}" for i in range(50) if account_partition(f"acct-{i}".encode(), 2) == 0
+    )
+    kinds = {kind: topic for topic, kind in SETTINGS.input_topics.items()}
+    fast, slow = kinds["login"], kinds["feature-use"]
+    base = boundary() - 5 * TICK
+    # The login source is far ahead; the feature-use source lags behind.
+    for i in range(150):
+        proc.on_record((fast, 0), _login(i, account, base + 1000 * (i + 10)))
+    value = orjson.dumps(
+        {
+            "event_id": "slow",
+            "account_id": account,
+            "type": "feature_use",
+            "occurred_at": base,
+            "user_id": "u1",
+            "feature": "reports",
+        }
+    )
+    proc.on_record((slow, 0), StandInRecord(value, account.encode(), 0, 0))
+    proc.bound_buffer(0)
+    assert top.app.consumer.paused == {TopicPartition(fast, 0)}
+    # Below half the bound: everything is fetched again.
+    heap = proc.buffers[0]
+    del heap[: len(heap) - 40]
+    proc.bound_buffer(0)
+    assert top.app.consumer.paused == set()
+
+
+async def test_a_tick_goes_through_a_partition_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.model.account_state import AccountState
+
+    proc, _ = processor([0])
+    keys = [f"acct-{i}".encode() for i in range(25)]
+    states: dict[bytes, AccountState] = {}
+    proc.index = {0: set(keys)}
+    monkeypatch.setattr(Processor, "states", property(lambda self: states))
+    stored: list[bytes] = []
+    monkeypatch.setattr(proc, "_store", lambda key, state, partition: stored.append(key))
+    monkeypatch.setattr(proc, "publish", lambda *args: None)
+    for key in keys:
+        states[key] = AccountState.new(key.decode())
+        states[key].scored_at = boundary() - 2 * TICK  # scored: ticks are due
+    proc.start_tick(0, boundary())
+    walked = [proc.continue_tick(0, 0, 10) for _ in range(3)]
+    assert walked == [10, 10, 5] and 0 not in proc.ticking
+    assert sorted(stored) == sorted(keys)
+    assert all(state.scored_at == boundary() for state in states.values())
