@@ -12,6 +12,14 @@ from service.tools.kafka_local import LocalKafka, free_port
 from tests.pg_fixture import history_db_url, pg_server  # noqa: F401  (shared fixtures)
 
 
+def pytest_report_header() -> str:
+    # Which scoring model this run imports (README, "Compiled model").
+    import service.model.scoring
+
+    expected = os.environ.get("VITALS_EXPECT_MODEL", "interpreted")
+    return f"scoring model: {expected}, {service.model.scoring.__file__}"
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Kafka broker for the whole session.

@@ -4,6 +4,8 @@
 #   promtool, prometheus   Debian package `prometheus`   (tests/integration/test_deploy.py)
 #   pg_ctl, postgres       Debian package `postgresql`   (the history tests' throwaway server)
 #   /usr/bin/chromium      Debian package `chromium`     (tests/integration/test_ui.py, headless)
+#   a C compiler           Debian package `gcc`          (the compiled model: deploy/ci/compiled_model.py)
+#   Python.h               Debian package `python3-dev`  (the same, when the Python is Debian's)
 #
 # Idempotent: does nothing (not even `apt-get update`) when all are present.
 # Missing ones are installed in one apt transaction, without recommends and
@@ -11,7 +13,8 @@
 # policy-rc.d that answers 101 is in place for the duration of the install).
 #
 # Without root or apt-get it prints a note on stderr and exits 0: the tests
-# that need the tools then skip, saying why. Output is quiet unless something
+# that need the tools then skip, saying why, and without a compiler the
+# "compiled" run of `make test` runs the interpreted model, saying so. Output is quiet unless something
 # fails (apt's output is then shown). Concurrent runs serialise on a lock.
 set -euo pipefail
 
@@ -21,11 +24,28 @@ have_promtool() { command -v promtool >/dev/null 2>&1 && command -v prometheus >
 have_pg_ctl() { compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null; }
 have_chromium() { [ -x /usr/bin/chromium ]; }
 
+# The Python of the project's virtualenv (make setup runs first), else python3.
+python_bin() { if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi; }
+# The compiler Python builds extensions with (sysconfig's CC, as setup.py probes it).
+have_cc() {
+    local cc
+    cc="$("$(python_bin)" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')"
+    command -v "$cc" >/dev/null 2>&1
+}
+have_python_headers() {
+    "$(python_bin)" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+}
+# Debian's python3-dev only helps Debian's own Python.
+debian_python() { [ "$("$(python_bin)" -c 'import sys; print(sys.base_prefix)')" = /usr ]; }
+
 missing_packages() {
     local packages=()
     have_promtool || packages+=(prometheus)
     have_pg_ctl || packages+=(postgresql)
     have_chromium || packages+=(chromium)
+    have_cc || packages+=(gcc)
+    if ! have_python_headers && debian_python; then packages+=(python3-dev); fi
     echo "${packages[@]}"
 }
 

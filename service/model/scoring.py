@@ -48,6 +48,7 @@ from itertools import compress
 from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
 
 import orjson
+from mypy_extensions import mypyc_attr
 from pydantic import BaseModel
 from pydantic_core import to_json
 
@@ -184,6 +185,9 @@ class _CompiledGate(NamedTuple):
     decided: GateResult
 
 
+# A plain Python class even when this module is compiled (mypyc makes classes
+# native, without a __dict__): _evaluation builds it by setting its __dict__.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True)
 class Evaluation:
     """Everything a score is made of; deterministic in (state, as_of, scorecard)."""
