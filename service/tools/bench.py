@@ -99,10 +99,11 @@ _EVENTS_PER_ACCOUNT_DAY: Final = 3.0
 
 #: name -> (comparison, threshold, meaning)
 TARGETS: Final[dict[str, tuple[str, float, str]]] = {
-    "end_to_end_events_per_s": (">=", 50_000.0, "end-to-end throughput >= 50,000 events/s"),
+    "end_to_end_events_per_s": (">=", 25_000.0, "end-to-end throughput >= 25,000 events/s"),
     "end_to_end_share_of_limit": (">=", 0.25, "end to end >= 25% of the consumer limit"),
     "latency_p99_ms_at_5k": ("<=", 250.0, "p99 event -> score <= 250 ms at 5,000 events/s"),
     "idle_state_bytes": ("<=", 2048.0, "<= 2 KB of state per idle account (max of sample)"),
+    "worker_rss_mb_at_end": ("<=", 300.0, "worker RSS <= 300 MB at the end of the run"),
 }
 #: A latency run stops offering load once the worker is this many seconds behind.
 BACKLOG_LIMIT_S: Final = 5.0
@@ -290,6 +291,9 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check("latency_p99_ms_at_5k", None, None, "not measured"))
     idle = ((result.get("state") or {}).get("idle_bytes") or {}).get("max")
     checks.append(_check("idle_state_bytes", idle, _compare("idle_state_bytes", idle)))
+    rss_kb = (result.get("state") or {}).get("rss_done_kb")
+    rss_mb = None if rss_kb is None else round(rss_kb / 1024, 1)
+    checks.append(_check("worker_rss_mb_at_end", rss_mb, _compare("worker_rss_mb_at_end", rss_mb)))
     return checks
 
 

@@ -115,7 +115,11 @@ def _result(**overrides: object) -> dict[str, object]:
                 }
             ]
         },
-        "state": {"busy_bytes": size_summary([3000]), "idle_bytes": size_summary([1500])},
+        "state": {
+            "busy_bytes": size_summary([3000]),
+            "idle_bytes": size_summary([1500]),
+            "rss_done_kb": 250 * 1024,
+        },
         "quix": {"status": "not installed: No module named 'quixstreams'"},
         "profile": None,
     }
@@ -136,10 +140,11 @@ def test_targets_all_pass() -> None:
 def test_targets_fail_and_unmeasured() -> None:
     slow = _result(
         end_to_end={"events_per_s": 2_000, "share_of_limit": 0.02},
-        state={"idle_bytes": size_summary([1000, 2049])},
+        state={"idle_bytes": size_summary([1000, 2049]), "rss_done_kb": 301 * 1024},
         latency={"runs": []},
     )
     verdicts = _verdicts(slow)
+    assert verdicts["worker_rss_mb_at_end"] is False
     assert verdicts["end_to_end_events_per_s"] is False
     assert verdicts["end_to_end_share_of_limit"] is False
     assert verdicts["idle_state_bytes"] is False
