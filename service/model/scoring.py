@@ -380,6 +380,7 @@ class _Plan:
 
     __slots__ = (
         "extractors",
+        "any_gate_bits",
         "gate_bits",
         "gates",
         "grade_floors",
@@ -434,6 +435,10 @@ class _Plan:
                 read.extend(condition_metrics(gate.release))
             gate_bits.append(sum({1 << position[metric] for metric in read}))
         self.gate_bits = tuple(gate_bits)
+        #: Bits of every metric some gate reads.
+        self.any_gate_bits = 0
+        for read_bits in gate_bits:
+            self.any_gate_bits |= read_bits
         self.gates: tuple[_CompiledGate, ...] = tuple(
             _CompiledGate(
                 gate.name,
@@ -569,7 +574,8 @@ class _Memory:
         "stage",
         "until",
         "values",
-        "verdicts",
+        "gates",
+        "gate_key",
     )
 
     def __init__(
@@ -584,7 +590,8 @@ class _Memory:
         known: int,
         components: list[ComponentResult],
         models: list[Component | None],
-        verdicts: list[tuple[bool, bool]],
+        gates: _GateVerdict,
+        gate_key: tuple[int, int, tuple[str, ...]],
     ) -> None:
         #: ``plan`` is ``scorecard``'s profile for ``stage`` and ``segment``.
         self.scorecard = scorecard
@@ -599,9 +606,11 @@ class _Memory:
         self.components = components
         #: Message form of each component, built on demand by health_score.
         self.models = models
-        #: Per gate: (whether it was held, i.e. in ``AccountState.gates``,
-        #: whether it fired).
-        self.verdicts = verdicts
+        #: What the gates made of it; ``gates.verdicts`` per gate: (whether it
+        #: was held, i.e. in ``AccountState.gates``, whether it fired).
+        self.gates = gates
+        #: (score rank, plain score rank, held gates) the gates were judged with.
+        self.gate_key = gate_key
 
 
 _new_object = object.__new__
@@ -694,10 +703,10 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
         and state.removed_before <= day - _READ_SPAN
     ):
         metrics = _updated_metrics(state, as_of, day, plan, memory)
-        previous_verdicts: list[tuple[bool, bool]] | None = memory.verdicts
+        previous: _Memory | None = memory
     else:
         metrics = _fresh_metrics(state, as_of, day, plan)
-        previous_verdicts = None
+        previous = None
     values = dict(zip(plan.metrics, metrics.values, strict=True))
     # The score: contributions added in component order (see _weigh). An
     # unknown metric's 0.0 leaves the running total's bits unchanged.
@@ -708,9 +717,26 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
 
     previous_bucket = state.bucket
     score_rank = _score_rank(score, previous_bucket, plan)
-    gates = _judge_gates(
-        plan, values, state.gates, previous_verdicts, metrics.moved, score, score_rank
-    )
+    held = state.gates
+    gate_key = (score_rank, _plain_rank(score, plan), tuple(held))
+    if (
+        previous is not None
+        and not metrics.moved & plan.any_gate_bits
+        and previous.gate_key == gate_key
+    ):
+        # No value a gate reads moved, the same gates are held and the score
+        # is in the same buckets: every verdict, and so the outcome, is the same.
+        gates = previous.gates
+    else:
+        gates = _judge_gates(
+            plan,
+            values,
+            held,
+            None if previous is None else previous.gates.verdicts,
+            metrics.moved,
+            score,
+            score_rank,
+        )
     state._scoring = _Memory(
         scorecard,
         stage,
@@ -722,7 +748,8 @@ def evaluate(state: AccountState, as_of: int, scorecard: Scorecard) -> Evaluatio
         metrics.known,
         metrics.components,
         metrics.models,
-        gates.verdicts,
+        gates,
+        gate_key,
     )
     state.changed = 0
     state.changed_since = _NO_CHANGE
@@ -905,6 +932,11 @@ def _score_rank(score: float, previous_bucket: str | None, plan: _Plan) -> int:
     return min(high, max(low, BUCKET_RANK[previous_bucket]))
 
 
+def _plain_rank(score: float, plan: _Plan) -> int:
+    """The bucket rank of ``score`` by the thresholds alone (no hysteresis)."""
+    return 2 if score >= plan.green else 1 if score >= plan.yellow else 0
+
+
 def _judge_gates(
     plan: _Plan,
     values: Mapping[str, float | None],
@@ -964,7 +996,7 @@ def _judge_gates(
     # (the thresholds people read), not the hysteresis band: a score
     # re-evaluated after its rescore must say the same (hysteresis is relative
     # to the bucket the rescore stored).
-    plain = 2 if score >= plan.green else 1 if score >= plan.yellow else 0
+    plain = _plain_rank(score, plan)
     plain_lifted = plain
     for gate in firing:
         if gate.lift > plain_lifted and plain in gate.lifts_from:
