@@ -379,8 +379,8 @@ class _Plan:
     """A resolved profile compiled for :func:`evaluate` (built once per profile)."""
 
     __slots__ = (
-        "extractors",
         "any_gate_bits",
+        "extractors",
         "gate_bits",
         "gates",
         "grade_floors",
@@ -566,6 +566,8 @@ class _Memory:
     __slots__ = (
         "components",
         "day",
+        "gate_key",
+        "gates",
         "known",
         "models",
         "plan",
@@ -574,8 +576,6 @@ class _Memory:
         "stage",
         "until",
         "values",
-        "gates",
-        "gate_key",
     )
 
     def __init__(

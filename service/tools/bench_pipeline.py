@@ -146,6 +146,7 @@ def _cadence_pass(
                 flush(pending)
                 flushed += time.process_time() - started
                 pending.clear()
+
     states: dict[str, AccountState] = {}
     partition_of: dict[str, int] = {}
     by_partition: dict[int, list[AccountState]] = {}
@@ -229,6 +230,7 @@ def measure(
     progress("rescore (the cadence without playbooks)")
     cadence_s = _timed(lambda: _cadence_pass(events, card, None, None))
     seconds["rescore"] = max(0.0, cadence_s - seconds["apply"])
+
     # Outputs, per batch of `batch` steps as the worker hands them to the
     # producer: the newest score per account, every bucket change and trigger.
     def outputs(pending: list[Any]) -> None:
@@ -249,9 +251,7 @@ def measure(
     flushed: list[float] = []
     with_playbooks = _timed(
         lambda: flushed.append(
-            _cadence_pass(
-                events, card, Cadence(card, playbooks), steps, batch=batch, flush=outputs
-            )
+            _cadence_pass(events, card, Cadence(card, playbooks), steps, batch=batch, flush=outputs)
         )
     )
     seconds["outputs"] = flushed[0]
