@@ -334,11 +334,23 @@ def hysteresis_bucket(score: float, previous: str | None, buckets: Buckets) -> B
     return _RANKED[min(high, max(low, BUCKET_RANK[previous]))]
 
 
-def _score_then(history: Mapping[int, float], day: int) -> float | None:
+def _score_then(history: dict[int, float], day: int) -> float | None:
     # The score in effect on `day`: the last one recorded on or before it.
     exact = history.get(day)
     if exact is not None:
         return exact
+    # A history's days are in ascending order (a rescore writes its own day,
+    # never an earlier one; loading and compaction keep the order): a day
+    # before the first has no score, one after the last has the last one.
+    # A young account's 7- and 30-day lookups would otherwise scan it all.
+    if not history:
+        return None
+    first = next(iter(history))
+    if day < first:
+        return None
+    last = next(reversed(history))
+    if day > last:
+        return history[last]
     best = max(filter(day.__ge__, history), default=-1)  # the latest day <= day
     return history[best] if best >= 0 else None
 
@@ -589,7 +601,7 @@ class _Memory:
         until: list[int],
         known: int,
         components: list[ComponentResult],
-        models: list[Component | None],
+        models: list[dict[str, Any] | None],
         gates: _GateVerdict,
         gate_key: tuple[int, int, tuple[str, ...]],
     ) -> None:
@@ -604,7 +616,8 @@ class _Memory:
         self.until = until
         self.known = known
         self.components = components
-        #: Message form of each component, built on demand by health_score.
+        #: Message fields of each component, built on demand by score_json
+        #: and health_score.
         self.models = models
         #: What the gates made of it; ``gates.verdicts`` per gate: (whether it
         #: was held, i.e. in ``AccountState.gates``, whether it fired).
@@ -650,7 +663,8 @@ class _MetricPass(NamedTuple):
     share: float
     missing: tuple[str, ...]
     components: list[ComponentResult]
-    models: list[Component | None]
+    #: Message fields of each component, filled by score_json / health_score.
+    models: list[dict[str, Any] | None]
     #: Bits (``metrics`` positions) of the values that changed; -1: all are new.
     moved: int
 
@@ -1259,17 +1273,18 @@ def health_score(ev: Evaluation, *, now_ms: int | None = None) -> HealthScore:
     components and reused while a component is unchanged.
     """
     computed = int(time.time() * 1000) if now_ms is None else now_ms
-    cached: list[Component | None] | None = ev.__dict__.get("_models")
+    cached: list[dict[str, Any] | None] | None = ev.__dict__.get("_models")
     if cached is None:
         cached = [None] * len(ev.components)
-    models = cast("list[Component]", cached.copy())  # the Nones are filled below
+    models: list[Component] = []
     labels = ev.labels
-    for i, model in enumerate(cached):
-        if model is None:  # (not `None in models`: that calls each model's __eq__)
-            model = _component_model(ev.components[i], labels[i])
-            if model is None:
+    for i, fields in enumerate(cached):
+        if fields is None:
+            fields = _component_fields(ev.components[i], labels[i])
+            if fields is None:
                 return _validated_health_score(ev, computed)
-            models[i] = cached[i] = model
+            cached[i] = fields
+        models.append(_model(Component, fields, _COMPONENT_SET))
     if not _score_fields_ok(ev):
         return _validated_health_score(ev, computed)
     delta_7d, delta_30d = ev.delta_7d, ev.delta_30d
@@ -1308,21 +1323,20 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
     Anything ``health_score`` would have to validate takes its path instead.
     """
     computed = int(time.time() * 1000) if now_ms is None else now_ms
-    # The component message forms are kept with the evaluation (and carried
-    # over while a component is unchanged, see _updated_metrics): their field
-    # dicts are the JSON fragments.
-    cached: list[Component | None] | None = ev.__dict__.get("_models")
+    # The component message fields are kept with the evaluation (and carried
+    # over while a component is unchanged, see _updated_metrics).
+    cached: list[dict[str, Any] | None] | None = ev.__dict__.get("_models")
     if cached is None:
         cached = [None] * len(ev.components)
-    components = []
+    components: list[dict[str, Any]] = []
     labels = ev.labels
-    for i, model in enumerate(cached):
-        if model is None:
-            model = _component_model(ev.components[i], labels[i])
-            if model is None:
+    for i, fields in enumerate(cached):
+        if fields is None:
+            fields = _component_fields(ev.components[i], labels[i])
+            if fields is None:
                 return to_json(health_score(ev, now_ms=computed))
-            cached[i] = model
-        components.append(model.__dict__)
+            cached[i] = fields
+        components.append(fields)
     if not _score_fields_ok(ev):
         return to_json(health_score(ev, now_ms=computed))
     name, version = ev.scorecard
@@ -1338,7 +1352,7 @@ def score_json(ev: Evaluation, *, now_ms: int | None = None) -> bytes:
             "scorecard": {"name": name, "version": version},
             "components": components,
             "missing": list(ev.missing),
-            "gates": [g._asdict() for g in ev.gates],
+            "gates": [_gate_fields(g) for g in ev.gates],
             "pulse": None
             if pulse is None
             else {
@@ -1379,7 +1393,7 @@ def _validated_health_score(ev: Evaluation, computed: int) -> HealthScore:
                 for c, label in zip(ev.components, ev.labels, strict=True)
             ],
             "missing": list(ev.missing),
-            "gates": [g._asdict() for g in ev.gates],
+            "gates": [_gate_fields(g) for g in ev.gates],
             "pulse": None
             if ev.pulse is None
             else {
@@ -1418,27 +1432,19 @@ def _model(cls: type[_M], fields: dict[str, Any], fields_set: set[str]) -> _M:
 _isfinite = math.isfinite
 _INF: Final = math.inf
 
+#: GateResult -> its message fields. A scorecard's gates have two results
+#: each (decided or not), so this stays small; orjson only reads the dicts.
+_GATE_FIELDS: dict[GateResult, dict[str, Any]] = {}
 
-def _rounded_component(
-    c: ComponentResult,
-) -> tuple[str, float | None, float, float, float] | None:
-    """A component's published values (rounded), or ``None`` if they would not validate."""
-    metric, value, score, weight, contribution = c
-    if value is not None and (type(value) is not float or not _isfinite(value)):
-        return None
-    score = round(score, 1)
-    weight = round(weight, 4)
-    contribution = round(contribution, 2)
-    if not (
-        type(score) is float
-        and type(weight) is float
-        and type(contribution) is float
-        and 0.0 <= score <= 100.0
-        and 0.0 <= weight < _INF
-        and -_INF < contribution < _INF
-    ):
-        return None
-    return metric, value, score, weight, contribution
+
+def _gate_fields(gate: GateResult) -> dict[str, Any]:
+    fields = _GATE_FIELDS.get(gate)
+    if fields is None:
+        fields = gate._asdict()
+        if len(_GATE_FIELDS) < 4096:
+            _GATE_FIELDS[gate] = fields
+    return fields
+
 
 
 def _score_fields_ok(ev: Evaluation) -> bool:
@@ -1462,29 +1468,33 @@ def _pulse_model(pulse: PulseView) -> Pulse:
     )
 
 
-def _component_model(c: ComponentResult, label: str) -> Component | None:
-    """The message form of a component, or ``None`` if it would not validate."""
-    rounded = _rounded_component(c)
-    if rounded is None or not label:
+def _component_fields(c: ComponentResult, label: str) -> dict[str, Any] | None:
+    """The message fields of a component (rounded), or ``None`` if they would
+    not validate (the caller then takes the validating path)."""
+    metric, value, score, weight, contribution = c
+    if value is not None and (type(value) is not float or not _isfinite(value)):
         return None
-    metric, value, score, weight, contribution = rounded
-    model: Component = _new_object(Component)
-    _set_attribute(
-        model,
-        "__dict__",
-        {
-            "metric": metric,
-            "label": label,
-            "value": value,
-            "score": score,
-            "weight": weight,
-            "contribution": contribution,
-        },
-    )
-    _set_attribute(model, "__pydantic_fields_set__", _COMPONENT_SET)
-    _set_attribute(model, "__pydantic_extra__", None)
-    _set_attribute(model, "__pydantic_private__", None)
-    return model
+    score = round(score, 1)
+    weight = round(weight, 4)
+    contribution = round(contribution, 2)
+    if not (
+        label
+        and type(score) is float
+        and type(weight) is float
+        and type(contribution) is float
+        and 0.0 <= score <= 100.0
+        and 0.0 <= weight < _INF
+        and -_INF < contribution < _INF
+    ):
+        return None
+    return {
+        "metric": metric,
+        "label": label,
+        "value": value,
+        "score": score,
+        "weight": weight,
+        "contribution": contribution,
+    }
 
 
 _SCORECARD_REFS: dict[tuple[str, str], ScorecardRef] = {}
