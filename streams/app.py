@@ -25,6 +25,7 @@ from faust.serializers import codecs
 
 from service.model.account_state import AccountState
 from service.runtime.settings import Settings
+from streams.account_table import AccountTable
 from streams.batch_consumer import BatchTransport
 
 log = logging.getLogger("vitals.streams")
@@ -154,9 +155,12 @@ def build_topology(settings: Settings) -> Topology:
     scores = raw_topic(settings.scores_topic, compacting=True)
     bucket_changes = raw_topic(settings.bucket_changes_topic)
     triggers = raw_topic(settings.triggers_topic)
-    accounts = app.Table(
-        "accounts",
+    # As ``app.Table`` builds a table, with our subclass (streams/account_table.py).
+    accounts = AccountTable(
+        app,
+        name="accounts",
         default=None,
+        beacon=app.tables.beacon,
         partitions=settings.partitions,
         key_type=bytes,
         # faust derives a changelog's value codec from the table's value type
@@ -174,7 +178,8 @@ def build_topology(settings: Settings) -> Topology:
             internal=True,
         ),
     )
-    accounts.value_serializer = "vitals_state"  # type: ignore[attr-defined]
+    app.tables.add(accounts)
+    accounts.value_serializer = "vitals_state"
     return Topology(
         app=app,
         settings=settings,
