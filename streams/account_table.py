@@ -20,8 +20,8 @@ soon as the partition is not an active one of this worker (faust's memory
 store drops the states of such partitions when recovery completes).
 
 Also counted, by partition (``service.runtime.metrics``): the records read
-into the table by recovery or a standby replica, and those of them that
-replaced a state already held.
+into the table by recovery, and those of them that replaced a state already
+held.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class AccountTable(faust.Table):  # type: ignore[type-arg]
     ) -> None:
         # Called before faust's recovery asks ``persisted_offset``: only a
         # partition that stays an active one of this worker keeps its offset
-        # (one that becomes a standby is dropped from the store below).
+        # (the store drops the states of any other partition, below).
         actives = self.app.assignor.assigned_actives()
         for tp in list(self._written):
             if tp not in actives:

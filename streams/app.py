@@ -118,6 +118,13 @@ def build_topology(settings: Settings) -> Topology:
         # Bigger fetches make bigger batches when behind; a batch is whatever
         # has arrived, so this costs no latency when caught up.
         broker_max_poll_records=5000,
+        # No standby replicas: faust's memory store applied a standby's
+        # records into the same dict as the live states, so each worker also
+        # held (and its gauges, /portfolio and UI counted) a stale copy of
+        # every other worker's accounts, and recovery never used that copy
+        # (the memory store reports no persisted offset: a partition taken
+        # over is read from the start of its changelog anyway).
+        table_standby_replicas=0,
     )
     # The consumer hands fetched batches of the input topics to the processor
     # instead of faust's per-message stream path (streams/batch_consumer.py).

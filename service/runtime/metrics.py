@@ -122,11 +122,11 @@ HISTORY_ROWS = Counter(
     registry=REGISTRY,
 )
 
-#: Changelog records read into the account table (recovery after a rebalance
-#: or a restart, and standby replicas), by partition.
+#: Changelog records read into the account table by faust's recovery (after a
+#: restart or a rebalance), by partition.
 CHANGELOG_RESTORED = Counter(
     "vitals_changelog_records_restored",
-    "Changelog records read into the account table by recovery or a standby replica, by partition.",
+    "Changelog records read into the account table by recovery, by partition.",
     ["partition"],
     registry=REGISTRY,
 )

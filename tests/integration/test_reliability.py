@@ -462,6 +462,19 @@ async def restored(worker: WorkerProcess) -> tuple[dict[int, float], dict[int, f
     )
 
 
+async def accounts_counted(worker: WorkerProcess) -> dict[str, float]:
+    """The worker's ``vitals_accounts_tracked`` and the sum of ``vitals_accounts_by_bucket``."""
+    text = await asyncio.to_thread(worker.metrics_text)
+    counted = {"tracked": 0.0, "by_bucket": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vitals_accounts_tracked":
+                counted["tracked"] += sample.value
+            elif sample.name == "vitals_accounts_by_bucket":
+                counted["by_bucket"] += sample.value
+    return counted
+
+
 async def changelog_ends(bootstrap: str, namespace: Namespace) -> dict[int, int]:
     """partition -> end offset of the account changelog (records written so far)."""
     topic = f"{namespace.app_id}-accounts-changelog"
@@ -483,8 +496,10 @@ async def test_a_rebalance_keeps_the_live_states_of_the_partitions_a_worker_keep
     of 60k events (600 accounts) when a second worker joins the group. The
     first keeps some partitions: it reads none of their changelog again and
     keeps its live states (the records it wrote itself are already in them),
-    while the second restores its share from the changelog. The final scores,
-    bucket changes and per-account event counts equal replay's."""
+    while the second restores its share from the changelog. Each worker holds
+    and counts only the accounts it owns (no standby copies of the other's).
+    The final scores, bucket changes and per-account event counts equal
+    replay's."""
     events = history(REBALANCE_ACCOUNTS, REBALANCE_EVENTS, end_ms=history_end())
     values = [event.value for event in events]
     first = await ready(worker_factory(namespace, extra_env=WORKER_ENV))
@@ -533,6 +548,11 @@ async def test_a_rebalance_keeps_the_live_states_of_the_partitions_a_worker_keep
         kafka_bootstrap, namespace, REBALANCE_ACCOUNTS, timeout=300, check=alive
     )
     expected = await reference.at(boundary)
+    # The first worker holds (and its gauges count) its own accounts only.
+    owned = sum(1 for a in streamed if account_partition(a.encode(), PARTITIONS) in kept)
+    held = await accounts_counted(first)
+    print(f"REBALANCE: the first worker owns {owned} accounts and counts {held}")
+    assert held == {"tracked": owned, "by_bucket": owned}
     counted = await state_counts(first, sorted(streamed))
     check_after_crash("REBALANCE", counted, values, streamed, changes, expected)
 
