@@ -25,6 +25,7 @@ from faust.serializers import codecs
 
 from service.model.account_state import AccountState
 from service.runtime.settings import Settings
+from streams.account_table import AccountTable
 from streams.batch_consumer import BatchTransport
 
 log = logging.getLogger("vitals.streams")
@@ -117,6 +118,13 @@ def build_topology(settings: Settings) -> Topology:
         # Bigger fetches make bigger batches when behind; a batch is whatever
         # has arrived, so this costs no latency when caught up.
         broker_max_poll_records=5000,
+        # No standby replicas: faust's memory store applied a standby's
+        # records into the same dict as the live states, so each worker also
+        # held (and its gauges, /portfolio and UI counted) a stale copy of
+        # every other worker's accounts, and recovery never used that copy
+        # (the memory store reports no persisted offset: a partition taken
+        # over is read from the start of its changelog anyway).
+        table_standby_replicas=0,
     )
     # The consumer hands fetched batches of the input topics to the processor
     # instead of faust's per-message stream path (streams/batch_consumer.py).
@@ -154,9 +162,12 @@ def build_topology(settings: Settings) -> Topology:
     scores = raw_topic(settings.scores_topic, compacting=True)
     bucket_changes = raw_topic(settings.bucket_changes_topic)
     triggers = raw_topic(settings.triggers_topic)
-    accounts = app.Table(
-        "accounts",
+    # As ``app.Table`` builds a table, with our subclass (streams/account_table.py).
+    accounts = AccountTable(
+        app,
+        name="accounts",
         default=None,
+        beacon=app.tables.beacon,
         partitions=settings.partitions,
         key_type=bytes,
         # faust derives a changelog's value codec from the table's value type
@@ -174,7 +185,8 @@ def build_topology(settings: Settings) -> Topology:
             internal=True,
         ),
     )
-    accounts.value_serializer = "vitals_state"  # type: ignore[attr-defined]
+    app.tables.add(accounts)
+    accounts.value_serializer = "vitals_state"
     return Topology(
         app=app,
         settings=settings,

@@ -7,8 +7,8 @@ three event-loop iterations, four tasks and eleven callbacks per message
 few thousand events/s whatever the scoring cost. Everything else faust does
 stays: the consumer group and its assignor (the web routing reads it), the
 seek to committed offsets after a rebalance, changelog recovery of the state
-table (changelog messages still go through the conductor), standby replicas,
-the web server and timers.
+table (changelog messages still go through the conductor), the web server
+and timers.
 
 Contract of the handler (``BatchTransport.batch_handler``): it receives
 ``{tp: [aiokafka ConsumerRecord, ...]}`` of the batch topics, in offset order

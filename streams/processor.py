@@ -854,14 +854,24 @@ class Processor:
         self.acking = inflight
         offsets = self.committable()
         if inflight or offsets:
-            self.committing = asyncio.ensure_future(self._finish_commit(inflight, offsets))
+            self.committing = asyncio.ensure_future(
+                self._finish_commit(inflight, offsets, self.epoch)
+            )
             if wait:
                 await self.committing
 
-    async def _finish_commit(self, inflight: list[Any], offsets: dict[Any, int]) -> None:
+    async def _finish_commit(
+        self, inflight: list[Any], offsets: dict[Any, int], epoch: int
+    ) -> None:
         try:
             if inflight:
-                await asyncio.gather(*inflight)
+                sent = await asyncio.gather(*inflight)
+                if self.epoch == epoch:
+                    # The held states already contain what these changelog
+                    # records hold: faust's recovery of a partition this worker
+                    # keeps starts after them (streams/account_table.py). Not
+                    # once the assignment they were written in is over.
+                    self.top.accounts.note_written(self.changelog_offsets(sent))
             if offsets:
                 await self.consumer.commit_offsets(offsets)
         except Exception as exc:
@@ -871,6 +881,16 @@ class Processor:
         finally:
             if self.committing is asyncio.current_task():
                 self.committing = None
+
+    def changelog_offsets(self, sent: Iterable[Any]) -> dict[int, int]:
+        """``{partition: newest offset}`` of the changelog records among
+        ``sent`` (the record metadata of acknowledged sends)."""
+        topic = self.settings.changelog_topic
+        newest: dict[int, int] = {}
+        for meta in sent:
+            if meta.topic == topic and meta.offset > newest.get(meta.partition, -1):
+                newest[meta.partition] = meta.offset
+        return newest
 
     @staticmethod
     def _prune_positions(state: AccountState, committed: Any, by_name: dict[str, Any]) -> None:

@@ -121,3 +121,21 @@ HISTORY_ROWS = Counter(
     ["table"],
     registry=REGISTRY,
 )
+
+#: Changelog records read into the account table by faust's recovery (after a
+#: restart or a rebalance), by partition.
+CHANGELOG_RESTORED = Counter(
+    "vitals_changelog_records_restored",
+    "Changelog records read into the account table by recovery, by partition.",
+    ["partition"],
+    registry=REGISTRY,
+)
+
+#: Of those, the records whose account this worker already held: each one
+#: replaced the held state object by a copy decoded from the changelog.
+CHANGELOG_STATES_REPLACED = Counter(
+    "vitals_changelog_states_replaced",
+    "Changelog records read into the account table over a state it already held, by partition.",
+    ["partition"],
+    registry=REGISTRY,
+)

@@ -27,8 +27,9 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.model.account_state import DEDUP_IDS, HORIZON_DAYS
 from service.model.scorecard import default_scorecard
@@ -70,6 +71,8 @@ CRASH_ACCOUNTS = 2_000
 CRASH_EVENTS = 200_000
 FAILOVER_ACCOUNTS = 400
 FAILOVER_EVENTS = 40_000
+REBALANCE_ACCOUNTS = 600
+REBALANCE_EVENTS = 60_000
 OUTAGE_ACCOUNTS = 200
 OUTAGE_EVENTS = 6_000
 OUTAGE_RATE = 100  # events/s
@@ -435,6 +438,123 @@ async def test_surviving_worker_takes_over_a_killed_workers_partitions(
     expected = await reference.at(boundary)
     counted = await state_counts(survivor, sorted(streamed))
     check_after_crash("FAILOVER", counted, values, streamed, changes, expected)
+
+
+# ------------------------------------------------------------------ rebalance
+
+
+def per_partition(metrics_text: str, name: str) -> dict[int, float]:
+    """partition -> value of the counter ``name`` (labelled by partition)."""
+    found: dict[int, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[int(sample.labels["partition"])] = sample.value
+    return found
+
+
+async def restored(worker: WorkerProcess) -> tuple[dict[int, float], dict[int, float]]:
+    """(changelog records restored, of which replaced a held state), by partition."""
+    text = await asyncio.to_thread(worker.metrics_text)
+    return (
+        per_partition(text, "vitals_changelog_records_restored_total"),
+        per_partition(text, "vitals_changelog_states_replaced_total"),
+    )
+
+
+async def accounts_counted(worker: WorkerProcess) -> dict[str, float]:
+    """The worker's ``vitals_accounts_tracked`` and the sum of ``vitals_accounts_by_bucket``."""
+    text = await asyncio.to_thread(worker.metrics_text)
+    counted = {"tracked": 0.0, "by_bucket": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vitals_accounts_tracked":
+                counted["tracked"] += sample.value
+            elif sample.name == "vitals_accounts_by_bucket":
+                counted["by_bucket"] += sample.value
+    return counted
+
+
+async def changelog_ends(bootstrap: str, namespace: Namespace) -> dict[int, int]:
+    """partition -> end offset of the account changelog (records written so far)."""
+    topic = f"{namespace.app_id}-accounts-changelog"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, partition) for partition in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+@pytest.mark.slow
+async def test_a_rebalance_keeps_the_live_states_of_the_partitions_a_worker_keeps(
+    namespace: Namespace, worker_factory: Any, producer: AIOKafkaProducer, kafka_bootstrap: str
+) -> None:
+    """One worker owns the 4 partitions and has applied and committed a quarter
+    of 60k events (600 accounts) when a second worker joins the group. The
+    first keeps some partitions: it reads none of their changelog again and
+    keeps its live states (the records it wrote itself are already in them),
+    while the second restores its share from the changelog. Each worker holds
+    and counts only the accounts it owns (no standby copies of the other's).
+    The final scores, bucket changes and per-account event counts equal
+    replay's."""
+    events = history(REBALANCE_ACCOUNTS, REBALANCE_EVENTS, end_ms=history_end())
+    values = [event.value for event in events]
+    first = await ready(worker_factory(namespace, extra_env=WORKER_ENV))
+    await produce(producer, namespace, events)
+    reference = Reference(values)
+    at_join = await wait_consumed([first], REBALANCE_EVENTS // 4, timeout=300)
+    restored_before, _ = await restored(first)
+    second = worker_factory(namespace, extra_env=WORKER_ENV)
+    every = list(range(PARTITIONS))
+
+    async def split() -> list[list[int]] | None:
+        owned = []
+        for worker in (first, second):
+            status, body = await readiness(worker)
+            if status != 200 or not body["account_partitions"]:
+                return None
+            owned.append(body["account_partitions"])
+        return owned if sorted(owned[0] + owned[1]) == every else None
+
+    def alive() -> None:
+        first._check_alive()
+        second._check_alive()
+
+    kept, taken = await wait_for(
+        split, timeout=120, what="the two workers to share the partitions", check=alive
+    )
+    restored_after, replaced_after = await restored(first)
+    restored_second, _ = await restored(second)
+    written = await changelog_ends(kafka_bootstrap, namespace)
+    reread = {p: restored_after.get(p, 0) - restored_before.get(p, 0) for p in kept}
+    replaced = {p: replaced_after.get(p, 0) for p in kept}
+    print(
+        f"\nREBALANCE: second worker joined after {at_join:.0f} consumed; changelog end "
+        f"offsets once the partitions were shared {written}; first keeps {kept}, "
+        f"second takes {taken}; "
+        f"changelog records the first read again for the partitions it keeps {reread}, "
+        f"of which replaced a live state {replaced}; the second restored "
+        f"{ {p: restored_second.get(p, 0) for p in taken} }"
+    )
+    assert all(written[p] > 0 for p in kept), "the first worker wrote changelog records"
+    assert all(restored_second.get(p, 0) > 0 for p in taken), "the second restores its share"
+    assert sum(reread.values()) == 0, f"kept partitions read again from the changelog: {reread}"
+    assert sum(replaced.values()) == 0, f"live states replaced by restored copies: {replaced}"
+
+    streamed, changes, boundary = await final_outputs(
+        kafka_bootstrap, namespace, REBALANCE_ACCOUNTS, timeout=300, check=alive
+    )
+    expected = await reference.at(boundary)
+    # The first worker holds (and its gauges count) its own accounts only.
+    owned = sum(1 for a in streamed if account_partition(a.encode(), PARTITIONS) in kept)
+    held = await accounts_counted(first)
+    print(f"REBALANCE: the first worker owns {owned} accounts and counts {held}")
+    assert held == {"tracked": owned, "by_bucket": owned}
+    counted = await state_counts(first, sorted(streamed))
+    check_after_crash("REBALANCE", counted, values, streamed, changes, expected)
 
 
 # ------------------------------------------------------------------ broker outage
