@@ -1446,7 +1446,6 @@ def _gate_fields(gate: GateResult) -> dict[str, Any]:
     return fields
 
 
-
 def _score_fields_ok(ev: Evaluation) -> bool:
     """Whether the score and trend of ``ev`` are what the message model accepts."""
     delta_7d, delta_30d = ev.delta_7d, ev.delta_30d

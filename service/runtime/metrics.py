@@ -7,9 +7,63 @@ there are.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from math import inf
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class LoopHistogram(Collector):
+    """A histogram without labels for the worker's per-event path.
+
+    ``observe`` is a bisect and two additions; prometheus_client's Histogram
+    takes a lock for its sum and again for the bucket (about 1.7 µs a call,
+    two or three calls per event). It may only be observed from one thread:
+    the worker's event loop, which also serves ``/metrics``. Exported like a
+    Histogram (``_bucket`` with ``le``, ``_count``, ``_sum``; no ``_created``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        bounds = sorted(float(b) for b in buckets)
+        if bounds[-1] != inf:
+            bounds.append(inf)
+        self._bounds = tuple(bounds)
+        self._counts = [0] * len(bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount`` in the first bucket whose bound is >= it (``le``)."""
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip(self._bounds, self._counts, strict=True):
+            total += count
+            cumulative.append((floatToGoString(bound), total))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=cumulative, sum_value=self._sum
+        )
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
 
 #: Input messages by source topic and what became of them:
 #: applied | duplicate | late | dead_lettered.
@@ -29,7 +83,7 @@ DLQ_RECORDS = Counter(
 )
 
 #: Wall-clock time to decode, validate and apply one input message.
-PROCESSING_SECONDS = Histogram(
+PROCESSING_SECONDS = LoopHistogram(
     "vitals_processing_seconds",
     "Time to decode, validate and apply one input message.",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
@@ -37,7 +91,7 @@ PROCESSING_SECONDS = Histogram(
 )
 
 #: How far behind wall-clock the events are when processed (event-time lag).
-EVENT_TIME_LAG_SECONDS = Histogram(
+EVENT_TIME_LAG_SECONDS = LoopHistogram(
     "vitals_event_time_lag_seconds",
     "Wall-clock time minus event occurred_at, at processing.",
     buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 90 * 86400),
@@ -75,7 +129,7 @@ ACCOUNTS_BY_BUCKET = Gauge(
 )
 
 #: Time from reading an event to publishing the score it changed.
-SCORE_LATENCY_SECONDS = Histogram(
+SCORE_LATENCY_SECONDS = LoopHistogram(
     "vitals_score_latency_seconds",
     "Time from consuming an event to publishing its account's new score.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
