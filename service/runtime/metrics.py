@@ -56,7 +56,7 @@ class LoopHistogram(Collector):
         total = 0
         for bound, count in zip(self._bounds, self._counts, strict=True):
             total += count
-            cumulative.append((floatToGoString(bound), total))
+            cumulative.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
         yield HistogramMetricFamily(
             self.name, self.documentation, buckets=cumulative, sum_value=self._sum
         )
