@@ -322,6 +322,12 @@ def render_table(result: Mapping[str, Any]) -> str:
         f"{_fmt(machine.get('memory_mb'))} MB, Python {machine.get('python')}, "
         f"Kafka {machine.get('kafka_version')}, faust-streaming {machine.get('faust_version')}"
     )
+    commit = machine.get("commit")
+    lines.append(
+        f"code: commit {commit[:12] if commit else 'unknown'}"
+        f"{' with uncommitted changes' if machine.get('dirty') else ''}, "
+        f"{machine.get('model', 'interpreted')} scoring model"
+    )
     lines.append("")
     lines.append(f"{'measure':<44} {'value':>16}")
     lines.append("-" * 61)
@@ -473,7 +479,36 @@ def machine_info(kafka_version: str | None) -> dict[str, Any]:
         "aiokafka_version": _version("aiokafka"),
         "orjson_version": _version("orjson"),
         "uvloop": _version("uvloop"),
+        **code_info(),
     }
+
+
+def code_info() -> dict[str, Any]:
+    """The commit the numbers belong to (``dirty``: uncommitted changes) and
+    whether the scoring model is the compiled build (README, "Compiled model")."""
+    from service.model import scoring  # the module a worker started from here imports
+
+    root = Path(__file__).resolve().parents[2]
+    commit: str | None = None
+    dirty: bool | None = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode == 0:
+            commit = head.stdout.strip()
+            status = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    compiled = not str(scoring.__file__).endswith(".py")
+    return {"commit": commit, "dirty": dirty, "model": "compiled" if compiled else "interpreted"}
 
 
 # ----------------------------------------------------------------- parameters

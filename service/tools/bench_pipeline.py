@@ -61,6 +61,7 @@ from service.model.playbooks import default_playbooks
 from service.model.scorecard import Scorecard, shipped_scorecard
 from service.model.scoring import Step
 from service.processing.partitioning import account_partition
+from service.tools.bench import code_info
 from service.tools.simulate import SimEvent, generate_history
 
 __all__ = ["STAGES", "PipelineResult", "main", "measure", "render"]
@@ -328,10 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         commit_every=args.commit_every,
         progress=lambda text: print(f"bench_pipeline: {text}", file=sys.stderr, flush=True),
     )
+    code = code_info()
     print(render(result))
+    print(
+        f"  code: commit {(code['commit'] or 'unknown')[:12]}"
+        f"{' with uncommitted changes' if code['dirty'] else ''}, {code['model']} scoring model"
+    )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
-            json.dump(result.as_dict(), out, indent=2)
+            json.dump({**result.as_dict(), "code": code}, out, indent=2)
             out.write("\n")
 
 
