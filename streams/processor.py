@@ -211,6 +211,8 @@ class Processor:
     asked_ends: dict[tuple[str, int], int] = field(default_factory=dict)
     #: partition -> the source topic-partitions paused because its buffer is full.
     paused: dict[int, list[Any]] = field(default_factory=dict)
+    #: The most events one partition's buffer held (after a batch).
+    buffer_peak: int = 0
     #: partition -> the tick being applied in chunks there.
     ticking: dict[int, _Tick] = field(default_factory=dict)
     #: partition -> (arrival number of its oldest buffered item, since when
@@ -543,48 +545,63 @@ class Processor:
         """Keep a partition's reorder buffer under ``buffer_max_events``.
 
         Over the bound, stop fetching the partition's sources that are ahead
-        in event time (their events wait for a slower source: reading more of
-        them only grows the buffer); the sources holding the safe time are
-        still read, so the buffer drains. Below half the bound, fetch them all
+        of its safe time (their events wait for a slower source: reading more
+        of them only grows the buffer); the sources holding the safe time are
+        still read, so the buffer drains. While paused, the set is worked out
+        again after every batch and wake-up of the partition: a source
+        overtaken by the others holds the safe time in its turn and is fetched
+        again at once (a paused source that came to hold the safe time would
+        stop the partition for good). Below half the bound, fetch them all
         again. (A paused partition's fetched records stay in the client's
         buffer; nothing is dropped.)
         """
         heap = self.buffers.get(partition)
         size = len(heap) if heap else 0
+        metrics.REORDER_BUFFERED.labels(str(partition)).set(size)
+        if size > self.buffer_peak:
+            self.buffer_peak = size
+            metrics.REORDER_BUFFER_PEAK.set(size)
         limit = self.settings.buffer_max_events
         paused = self.paused.get(partition)
         consumer: Any = self.top.app.consumer
-        if paused is not None:
-            if size <= limit // 2:
+        if size <= (limit // 2 if paused else limit):
+            if paused:
                 del self.paused[partition]
                 consumer.resume_partitions(paused)
                 log.info(
                     "partition %d: buffer down to %d events, fetching all sources", partition, size
                 )
             return
-        if size <= limit:
-            return
-        tps = [
-            tp
-            for tp in consumer.assignment()
-            if tp.partition == partition and tp.topic in self.sources
-        ]
-        marks = {tp: self.watermarks.get((tp.topic, tp.partition)) for tp in tps}
-        known = [mark for mark in marks.values() if mark is not None]
-        if not known:
-            return
-        slowest = min(known)
-        ahead = [tp for tp, mark in marks.items() if mark is not None and mark > slowest]
+        safe = self.safe_time(partition)
+        ahead = []
+        for tp in consumer.assignment():
+            if tp.partition != partition or tp.topic not in self.sources:
+                continue
+            mark = self.watermarks.get((tp.topic, tp.partition))
+            # No event time shown yet: such a source holds the safe time (None).
+            if mark is not None and (safe is None or mark > safe):
+                ahead.append(tp)
+        before = set(paused or ())
+        behind = [tp for tp in before if tp not in ahead]
+        if behind:
+            consumer.resume_partitions(behind)
+        new = [tp for tp in ahead if tp not in before]
+        if new:
+            consumer.pause_partitions(new)
         if ahead:
             self.paused[partition] = ahead
-            consumer.pause_partitions(ahead)
+        else:
+            self.paused.pop(partition, None)
+        if new or behind:
             log.info(
-                "partition %d: %d events buffered (bound %d); pausing %d sources ahead in "
-                "event time until they are applied",
+                "partition %d: %d events buffered (bound %d); %d sources ahead in event time "
+                "paused until the others catch up (%d paused, %d resumed)",
                 partition,
                 size,
                 limit,
                 len(ahead),
+                len(new),
+                len(behind),
             )
 
     def origin_of(self, topic: str, record: Any) -> Origin:

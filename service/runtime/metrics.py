@@ -121,6 +121,22 @@ BUCKET_TRANSITIONS = Counter(
 )
 
 #: Accounts owned by this worker per current bucket (sum over workers for the portfolio).
+#: Events waiting in a partition's reorder buffer, as of its last batch.
+REORDER_BUFFERED = Gauge(
+    "vitals_reorder_buffered_events",
+    "Events waiting in a partition's event-time reorder buffer (after its last batch).",
+    ["partition"],
+    registry=REGISTRY,
+)
+
+#: The most events one partition's reorder buffer has held since the start.
+REORDER_BUFFER_PEAK = Gauge(
+    "vitals_reorder_buffer_peak_events",
+    "Most events one partition's reorder buffer held since the worker started "
+    "(VITALS_BUFFER_MAX_EVENTS bounds it, plus one fetch).",
+    registry=REGISTRY,
+)
+
 ACCOUNTS_BY_BUCKET = Gauge(
     "vitals_accounts_by_bucket",
     "Accounts owned by this worker, by current bucket.",

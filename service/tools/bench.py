@@ -350,6 +350,7 @@ def render_table(result: Mapping[str, Any]) -> str:
         f"{_fmt(e2e.get('cpu_seconds_worker'), 1)}/{_fmt(e2e.get('cpu_seconds_broker'), 1)}"
         f" of {_fmt(e2e.get('cpu_wall_seconds'), 1)} s"
     )
+    row("    reorder buffer peak (one partition)", e2e.get("reorder_buffer_peak_events"), 0, "ev")
     row("    (b) / (a)", e2e.get("share_of_limit"), 3)
     machine_rate = result.get("machine_rate") or {}
     if machine_rate.get("events_per_s") is not None:
@@ -388,6 +389,7 @@ def render_table(result: Mapping[str, Any]) -> str:
         f"{'    idle 91 days mean / max':<44} {_fmt(idle.get('mean'))}/{_fmt(idle.get('max'))} B"
     )
     row("    RSS growth per account", state.get("rss_growth_per_account"), 0, "B")
+    row("    worker RSS at the end of (b)", state.get("rss_done_kb"), 0, "kB")
     quix = result.get("quix") or {}
     if quix.get("status") == "ok":
         row("(e) Quix Streams stateful count", quix.get("events_per_s"), 0, "ev/s")
@@ -929,6 +931,9 @@ async def measure_end_to_end(
     scores_published = await _settle(worker)
     first, last, score_messages = await _event_score_edges(settings)
     rss_done = _rss_kb(worker.pid)
+    buffer_peak = prometheus_sum(
+        await asyncio.to_thread(worker.metrics), "vitals_reorder_buffer_peak_events"
+    )
     if first is None or last is None:
         raise BenchError("the worker published no scores")
     seconds = (last - first) / 1000.0
@@ -955,6 +960,7 @@ async def measure_end_to_end(
         "cpu_seconds_broker": cpu_broker,
         "cpu_wall_seconds": round(cpu_wall, 3),
         "worker_cpu_ms_per_event": round(cpu_worker * 1000 / total, 3) if cpu_worker else None,
+        "reorder_buffer_peak_events": int(buffer_peak),
     }
     memory = {"rss_ready_kb": rss_ready, "rss_done_kb": rss_done}
     return worker, result, memory

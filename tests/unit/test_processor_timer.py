@@ -314,38 +314,53 @@ def _login(topic_offset: int, account: str, at: int) -> StandInRecord:
     return StandInRecord(value, account.encode(), 0, topic_offset)
 
 
+def _feature_use(topic_offset: int, account: str, at: int) -> StandInRecord:
+    value = orjson.dumps(
+        {
+            "event_id": f"f{topic_offset}-{at}",
+            "account_id": account,
+            "type": "feature_use",
+            "occurred_at": at,
+            "user_id": "u1",
+            "feature": "reports",
+        }
+    )
+    return StandInRecord(value, account.encode(), 0, topic_offset)
+
+
 async def test_a_full_buffer_pauses_the_sources_ahead_and_resumes_below_half() -> None:
     from service.processing.partitioning import account_partition
 
     proc, top = processor([0])
     proc.settings = SETTINGS.model_copy(update={"buffer_max_events": 100})
+    # The other sources are empty and quiet: they hold nothing back.
+    proc.started = time.monotonic() - 3600
     account = next(
         f"acct-{i}" for i in range(50) if account_partition(f"acct-{i}".encode(), 2) == 0
     )
     kinds = {kind: topic for topic, kind in SETTINGS.input_topics.items()}
     fast, slow = kinds["login"], kinds["feature-use"]
+    top.app.consumer.ends.update({fast: 10_000, slow: 10_000})
     base = boundary() - 5 * TICK
     # The login source is far ahead; the feature-use source lags behind.
     for i in range(150):
         proc.on_record((fast, 0), _login(i, account, base + 1000 * (i + 10)))
-    value = orjson.dumps(
-        {
-            "event_id": "slow",
-            "account_id": account,
-            "type": "feature_use",
-            "occurred_at": base,
-            "user_id": "u1",
-            "feature": "reports",
-        }
-    )
-    proc.on_record((slow, 0), StandInRecord(value, account.encode(), 0, 0))
+    proc.on_record((slow, 0), _feature_use(0, account, base))
     proc.bound_buffer(0)
     assert top.app.consumer.paused == {TopicPartition(fast, 0)}
+    # The slow source overtakes the paused one (a sparse topic reads far
+    # ahead in a few records): the paused source now holds the safe time and
+    # is fetched again, though the buffer is still over half the bound.
+    proc.on_record((slow, 0), _feature_use(1, account, base + 1000 * 400))
+    proc.bound_buffer(0)
+    assert top.app.consumer.paused == {TopicPartition(slow, 0)}
+    assert len(proc.buffers[0]) > 50
     # Below half the bound: everything is fetched again.
     heap = proc.buffers[0]
     del heap[: len(heap) - 40]
     proc.bound_buffer(0)
     assert top.app.consumer.paused == set()
+    assert proc.paused == {}
 
 
 async def test_a_tick_goes_through_a_partition_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
