@@ -118,6 +118,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     help="Worker processes of step (f), the machine rate (vitals worker --processes N); "
     "0: one per core, at most one per partition; 1: skip (f).",
 )
+@click.option(
+    "--worker-setting",
+    "worker_settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A worker setting for every worker the bench starts, e.g. "
+    "VITALS_BUFFER_MAX_EVENTS=5000 (repeatable; recorded in the JSON). The bench sets "
+    "the connection, topics, app id, port and scorecard itself.",
+)
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, broker data).")
 @click.option(
     "--pipeline",
@@ -142,6 +151,7 @@ def bench(
     quix_python: str | None,
     timeout: float,
     processes: int,
+    worker_settings: tuple[str, ...],
     keep: bool,
     pipeline: bool,
 ) -> None:
@@ -165,6 +175,12 @@ def bench(
         run_bench,
     )
 
+    chosen: dict[str, str] = {}
+    for item in worker_settings:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("VITALS_") or name != name.strip().upper():
+            raise CliError(f"--worker-setting {item!r}: expected VITALS_NAME=VALUE")
+        chosen[name] = value
     params = BenchParams(
         events=events,
         accounts=accounts,
@@ -182,6 +198,7 @@ def bench(
         timeout=timeout,
         keep=keep,
         processes=processes,
+        worker_settings=chosen,
     )
     try:
         machine_processes(params)  # before anything runs: more processes than partitions

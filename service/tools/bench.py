@@ -328,6 +328,9 @@ def render_table(result: Mapping[str, Any]) -> str:
         f"{' with uncommitted changes' if machine.get('dirty') else ''}, "
         f"{machine.get('model', 'interpreted')} scoring model"
     )
+    chosen = params.get("worker_settings") or {}
+    if chosen:
+        lines.append("worker settings: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     lines.append("")
     lines.append(f"{'measure':<44} {'value':>16}")
     lines.append("-" * 61)
@@ -537,6 +540,8 @@ class BenchParams:
     keep: bool = False
     state_sample: int = 2000
     processes: int = 0  # (f): 0 = one per core (at most one per partition); 1 = skip (f)
+    #: VITALS_* settings given to every worker the bench starts (``--worker-setting``).
+    worker_settings: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -597,6 +602,8 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     #: > 1: ``vitals worker --processes N`` on ports web_port..web_port+N-1 (step f).
     processes: int = 1
+    #: Worker settings (VITALS_* names) beyond the bench's own (``--worker-setting``).
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -628,6 +635,7 @@ class Worker:
         )
         # The simulator's product: key features and KPI configured, as in the demo.
         env["VITALS_SCORECARD_FILE"] = "demo"
+        env.update(self.settings)
         if self.processes > 1:
             command = vitals_command("worker", "--processes", str(self.processes))
         elif self.profile_to is None:
@@ -728,6 +736,7 @@ class _Ctx:
             work_dir=self.work_dir,
             profile_to=profile_to,
             processes=processes,
+            settings=dict(self.params.worker_settings),
         )
         if processes > 1:
             worker.web_port = free_port_range(processes)
