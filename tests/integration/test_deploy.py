@@ -32,6 +32,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from schemas import load_example
 from service.runtime import metrics
+from service.runtime.metrics import LoopHistogram
 from service.tools.kafka_local import DEFAULT_KAFKA_VERSION
 from tests.integration.workers import Namespace, free_port, http_get, wait_until
 
@@ -115,6 +116,10 @@ def exported_metrics() -> dict[str, frozenset[str]]:
         for obj in vars(metrics).values()
         if isinstance(obj, MetricWrapperBase)
     }
+    # The worker's lock-free histograms: registered collectors without labels.
+    declared.update(
+        {obj.name: frozenset() for obj in vars(metrics).values() if isinstance(obj, LoopHistogram)}
+    )
     exported: dict[str, frozenset[str]] = {}
     for family in metrics.REGISTRY.collect():
         labels = declared[family.name] | TARGET_LABELS
