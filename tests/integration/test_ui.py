@@ -283,6 +283,11 @@ def test_account_page_shows_the_score_history_chart_and_the_gates(world: World, 
         # last look (the page must show the history the test compares with).
         for item in world.accounts()["items"]:
             account = item["account_id"]
+            if account == EVIL_ID:
+                # One account snapshot and no logins: it can be gated (a CI
+                # run picked it first), but the page checks below are about
+                # a simulated account's events.
+                continue
             overview = world.get(f"/accounts/{_quote(account)}/overview")
             history = world.get(f"/accounts/{_quote(account)}/history")
             stable = seen.get(account) == history
