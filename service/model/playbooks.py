@@ -40,7 +40,7 @@ import functools
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
@@ -474,22 +474,26 @@ def _num(value: float | None) -> str:
     return "unknown" if value is None else f"{value:g}"
 
 
-def describe_condition(cond: AnyCondition) -> str:
-    """A condition as text: ``a > 1 and (b < 2 or c == 0)``."""
+def describe_condition(cond: AnyCondition, label: Callable[[str], str] | None = None) -> str:
+    """A condition as text: ``a > 1 and (b < 2 or c == 0)``; with ``label``,
+    each metric is named by it (the scorecard's words for people)."""
     if isinstance(cond, Compare):
-        text = f"{cond.metric} {cond.op} {cond.value:g}"
+        name = cond.metric if label is None else label(cond.metric)
+        text = f"{name} {cond.op} {cond.value:g}"
         if cond.unknown is not None:
             text += f" (unknown: {str(cond.unknown).lower()})"
         return text
     if isinstance(cond, NotOf):
-        return f"not ({describe_condition(cond.not_)})"
+        return f"not ({describe_condition(cond.not_, label)})"
     if isinstance(cond, AtLeast):
-        inner = ", ".join(describe_condition(p) for p in cond.of)
+        inner = ", ".join(describe_condition(p, label) for p in cond.of)
         return f"at least {cond.at_least} of ({inner})"
     parts = cond.all if isinstance(cond, AllOf) else cond.any
     joiner = " and " if isinstance(cond, AllOf) else " or "
     texts = [
-        describe_condition(p) if isinstance(p, Compare | NotOf) else f"({describe_condition(p)})"
+        describe_condition(p, label)
+        if isinstance(p, Compare | NotOf)
+        else f"({describe_condition(p, label)})"
         for p in parts
     ]
     return joiner.join(texts)
@@ -509,6 +513,7 @@ def decide(
     metric_values: Mapping[str, float | None],
     memory: PlaybookMemory,
     as_of_ms: int,
+    label: Callable[[str], str] | None = None,
 ) -> Decision:
     """Which playbooks fire for one rescore of an account. Pure; updates ``memory``.
 
@@ -520,7 +525,9 @@ def decide(
       step may produce several, each with its own ``as_of``), or ``None``;
     * ``metric_values``: metric -> value (``None`` = unknown), at least every
       metric the conditions read (see :func:`metric_values_for`);
-    * ``memory``: the account's :class:`PlaybookMemory`, updated in place.
+    * ``memory``: the account's :class:`PlaybookMemory`, updated in place;
+    * ``label``: metric id -> the name people read (``Scorecard.label``), used
+      in the triggers' ``reason`` text (``condition`` and ``metrics`` keep ids).
 
     Deterministic: the same inputs and memory give the same triggers, and the
     same ``trigger_id`` values (transition triggers carry the change's
@@ -541,7 +548,7 @@ def decide(
         if isinstance(trigger, BucketTransition):
             _on_transitions(playbook, trigger, changes, view, offers)
         elif isinstance(trigger, MetricCondition):
-            _on_condition(playbook, trigger, view, metric_values, base, as_of_ms, offers)
+            _on_condition(playbook, trigger, view, metric_values, base, as_of_ms, offers, label)
         else:
             _on_score_drop(playbook, trigger, view, base, as_of_ms, offers)
     _prune(memory, books, as_of_ms)
@@ -645,6 +652,7 @@ def _on_condition(
     base: dict[str, Any],
     as_of_ms: int,
     offers: _Offers,
+    label: Callable[[str], str] | None = None,
 ) -> None:
     buckets, stages = trigger.bucket, trigger.stages
     truth: bool | None
@@ -658,11 +666,14 @@ def _on_condition(
         return
     read = dict.fromkeys(condition_metrics(trigger.when))
     values = {m: metric_values.get(m) for m in read}
-    shown = ", ".join(f"{m} = {_num(v)}" for m, v in values.items())
+    # The reason is for people: metrics in the scorecard's words; the
+    # condition and values stay by metric id for machines.
+    name = (lambda m: m) if label is None else label
+    shown = ", ".join(f"{name(m)} = {_num(v)}" for m, v in values.items())
     offers.offer(
         playbook,
         as_of_ms,
-        f"{describe_condition(trigger.when)} became true ({shown}) while "
+        f"{describe_condition(trigger.when, label)} became true ({shown}) while "
         f"{view.bucket} in stage {view.stage}, score {view.score:.1f}.",
         {**base, "condition": describe_condition(trigger.when), "metrics": values},
     )
@@ -829,4 +840,5 @@ def decide_point(
         metric_values=values,
         memory=memory,
         as_of_ms=evaluation.as_of,
+        label=scorecard.label,
     )

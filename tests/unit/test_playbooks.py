@@ -793,3 +793,31 @@ def test_the_quiet_point_shortcut_decides_as_the_full_decision(
     full = replay(lines, card, playbooks=book, now_ms=0)
     assert fast.triggers == full.triggers and len(full.triggers) > 5
     assert calls["quiet"] > 100  # the shortcut was taken, and changed nothing
+
+
+def test_a_condition_reason_names_metrics_by_their_labels() -> None:
+    """People read the reason (scorecard labels); machines read the condition and
+    the values (metric ids)."""
+    from service.model.scorecard import shipped_scorecard
+
+    card = shipped_scorecard("demo")
+    playbooks = one(
+        "upsell",
+        "1d",
+        "{kind: metric_condition, when: {metric: active_seat_ratio_30d, op: '>', value: 0.9}}",
+    )
+    decision = decide(
+        playbooks,
+        account_id="a1",
+        score={"score": 80.0, "bucket": "green", "stage": "adoption"},
+        metric_values={"active_seat_ratio_30d": 1.0},
+        memory=PlaybookMemory(),
+        as_of_ms=1_700_000_000_000,
+        label=card.label,
+    )
+    (trigger,) = decision.triggers
+    label = card.label("active_seat_ratio_30d")
+    assert label != "active_seat_ratio_30d"
+    assert trigger["reason"].startswith(f"{label} > 0.9 became true ({label} = 1)")
+    assert trigger["context"]["condition"] == "active_seat_ratio_30d > 0.9"
+    assert trigger["context"]["metrics"] == {"active_seat_ratio_30d": 1.0}
