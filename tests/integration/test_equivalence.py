@@ -57,6 +57,22 @@ def history(end_ms: int) -> list[SimEvent]:
     return simulated_history(ACCOUNTS, EVENTS, end_ms=end_ms)
 
 
+async def produce_into_new_topics(
+    producer: AIOKafkaProducer, namespace: Namespace, kafka_bootstrap: str, events: list[SimEvent]
+) -> None:
+    """The topics as the worker would create them (4 partitions, as it runs),
+    then the whole history, before any worker starts."""
+    await ensure_topics_async(
+        Settings(
+            bootstrap_servers=kafka_bootstrap,
+            topic_prefix=namespace.topic_prefix,
+            app_id=namespace.app_id,
+            partitions=4,
+        )
+    )
+    await produce(producer, namespace, events)
+
+
 async def compare_with_replay(
     worker: WorkerProcess, events: list[SimEvent], kafka_bootstrap: str, namespace: Namespace
 ) -> None:
@@ -123,16 +139,7 @@ async def test_events_produced_before_the_worker_starts(
 ) -> None:
     events = history(end_ms=history_end())
     assert {e.topic_kind for e in events} <= set(INPUT_TOPIC_KINDS)
-    # The topics as the worker would create them (4 partitions, as it runs).
-    await ensure_topics_async(
-        Settings(
-            bootstrap_servers=kafka_bootstrap,
-            topic_prefix=namespace.topic_prefix,
-            app_id=namespace.app_id,
-            partitions=4,
-        )
-    )
-    await produce(producer, namespace, events)
+    await produce_into_new_topics(producer, namespace, kafka_bootstrap, events)
     worker = worker_factory(namespace, extra_env=FAST_CLOCK)
     await asyncio.to_thread(worker.wait_ready)
     await compare_with_replay(worker, events, kafka_bootstrap, namespace)
@@ -168,15 +175,7 @@ async def test_a_catch_up_under_a_small_buffer_bound(
     set of paused sources must follow the safe time (a first version paused
     such a topic for good once it held the others back: the 1M bench stalled)."""
     events = history(end_ms=history_end())
-    await ensure_topics_async(
-        Settings(
-            bootstrap_servers=kafka_bootstrap,
-            topic_prefix=namespace.topic_prefix,
-            app_id=namespace.app_id,
-            partitions=4,
-        )
-    )
-    await produce(producer, namespace, events)
+    await produce_into_new_topics(producer, namespace, kafka_bootstrap, events)
     worker = worker_factory(namespace, extra_env={**FAST_CLOCK, "VITALS_BUFFER_MAX_EVENTS": "500"})
     await asyncio.to_thread(worker.wait_ready)
     await compare_with_replay(worker, events, kafka_bootstrap, namespace)
