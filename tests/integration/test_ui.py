@@ -274,35 +274,41 @@ def open_account(page: Any, world: World, account_id: str) -> None:
 
 
 def test_account_page_shows_the_score_history_chart_and_the_gates(world: World, page: Any) -> None:
-    found: list[tuple[str, Any, Any]] = []
-    seen: dict[str, Any] = {}
+    gated: list[str] = []
 
-    def gated_with_history() -> bool:
-        # The history sink may still be storing the scores of the catch-up:
-        # wait until a gated account has a few of them, unchanged since the
-        # last look (the page must show the history the test compares with).
+    def a_gated_account() -> bool:
         for item in world.accounts()["items"]:
             account = item["account_id"]
             if account == EVIL_ID:
-                # One account snapshot and no logins: it can be gated (a CI
-                # run picked it first), but the page checks below are about
-                # a simulated account's events.
-                continue
-            overview = world.get(f"/accounts/{_quote(account)}/overview")
-            history = world.get(f"/accounts/{_quote(account)}/history")
-            stable = seen.get(account) == history
-            seen[account] = history
-            if overview["gates"] and len(history["scores"]) >= 3 and stable:
-                found.append((account, overview, history))
+                continue  # one snapshot, no logins: the checks below are about usage
+            if world.get(f"/accounts/{_quote(account)}/overview")["gates"]:
+                gated.append(account)
                 return True
         return False
 
-    wait_until(
-        gated_with_history,
-        timeout=120,
-        interval=1.0,
-        what="an under-licensed account with a gate and a stored history",
-    )
+    wait_until(a_gated_account, timeout=120, interval=1.0, what="an account with a gate")
+    account = gated[0]
+
+    # How many scores an account has stored depends on how the worker's
+    # fetches fell during the catch-up (one score per account per batch) and
+    # on the sink's retention (a score is kept when it moved a point, changed
+    # bucket or grade, or starts a day): under load, one. The fixture waited
+    # for at least one per account; the chart is checked against what is there.
+    found: list[tuple[str, Any, Any]] = []
+    seen: list[Any] = []
+
+    def settled() -> bool:
+        # The page must show the overview and history the test compares with.
+        overview = world.get(f"/accounts/{_quote(account)}/overview")
+        history = world.get(f"/accounts/{_quote(account)}/history")
+        # (The overview carries wall-clock fields; the stored history settles.)
+        stable = seen == [history]
+        seen[:] = [history]
+        if stable:
+            found.append((account, overview, history))
+        return stable
+
+    wait_until(settled, timeout=60, interval=1.0, what="its overview and history to settle")
     account_id, overview, history = found[0]
     # A profile's gates replace the default's (the smb profile words some differently).
     profile = next(
@@ -317,7 +323,7 @@ def test_account_page_shows_the_score_history_chart_and_the_gates(world: World, 
     chart = page.locator("#history svg.history-chart")
     assert chart.locator("rect.band").count() == 3
     points = chart.locator("circle.score-point").count()
-    assert points >= len(history["scores"]) >= 3
+    assert points >= len(history["scores"]) >= 1
     assert chart.locator("polyline.score-line").count() == 1
     assert chart.locator("g.change-marker").count() == len(history["bucket_changes"])
     assert chart.locator("path.trigger-marker").count() == len(history["playbook_triggers"])
