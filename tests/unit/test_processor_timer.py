@@ -301,31 +301,26 @@ async def test_a_backfill_behind_the_clock_gets_the_boundary_again() -> None:
     assert [as_of for _, as_of in top.ticks.sent if as_of is not None] == []
 
 
-def _login(topic_offset: int, account: str, at: int) -> StandInRecord:
+def _event(kind: str, topic_offset: int, account: str, at: int, **fields: str) -> StandInRecord:
     value = orjson.dumps(
         {
-            "event_id": f"e{topic_offset}-{at}",
+            "event_id": f"{kind}{topic_offset}-{at}",
             "account_id": account,
-            "type": "login",
+            "type": kind,
             "occurred_at": at,
             "user_id": "u1",
+            **fields,
         }
     )
     return StandInRecord(value, account.encode(), 0, topic_offset)
+
+
+def _login(topic_offset: int, account: str, at: int) -> StandInRecord:
+    return _event("login", topic_offset, account, at)
 
 
 def _feature_use(topic_offset: int, account: str, at: int) -> StandInRecord:
-    value = orjson.dumps(
-        {
-            "event_id": f"f{topic_offset}-{at}",
-            "account_id": account,
-            "type": "feature_use",
-            "occurred_at": at,
-            "user_id": "u1",
-            "feature": "reports",
-        }
-    )
-    return StandInRecord(value, account.encode(), 0, topic_offset)
+    return _event("feature_use", topic_offset, account, at, feature="reports")
 
 
 async def test_a_full_buffer_pauses_the_sources_ahead_and_resumes_below_half() -> None:
