@@ -92,6 +92,23 @@ REDELIVERED = "redelivered"
 Outgoing = tuple[str, bytes | None, bytes, int | None, Sequence[tuple[str, bytes]] | None]
 
 
+async def acknowledged(sends: Sequence[Any]) -> list[Any]:
+    """The record metadata of every send, in order, once all are acknowledged;
+    raises the first failure met (like ``asyncio.gather``).
+
+    The producer resolves its futures a whole request at a time, so this
+    awaits the first pending one and then finds most of the rest done:
+    ``gather`` would register a callback per message (tens of thousands per
+    commit during a catch-up, 8% of the worker's time in a profile).
+    """
+    results = []
+    for sent in sends:
+        if not sent.done():
+            await sent
+        results.append(sent.result())
+    return results
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where an input message was first read (before any forwarding)."""
@@ -882,7 +899,7 @@ class Processor:
     ) -> None:
         try:
             if inflight:
-                sent = await asyncio.gather(*inflight)
+                sent = await acknowledged(inflight)
                 if self.epoch == epoch:
                     # The held states already contain what these changelog
                     # records hold: faust's recovery of a partition this worker
