@@ -6,6 +6,7 @@ import faust
 
 from service.model.playbooks import PlaybookSet, default_playbooks, load_playbooks
 from service.model.scorecard import Scorecard, default_scorecard, load_scorecard
+from service.runtime.gc_policy import GcPolicy
 from service.runtime.settings import Settings
 from service.runtime.webhook import dispatcher_from_settings
 from streams.app import Topology, build_topology
@@ -53,3 +54,17 @@ def build_worker(
 
 def build_worker_app(settings: Settings, scorecard: Scorecard | None = None) -> faust.App:
     return build_worker(settings, scorecard)[0].app
+
+
+def install_gc_policy(top: Topology, settings: Settings) -> GcPolicy:
+    """The worker process's garbage-collector schedule, with its timer
+    (``service.runtime.gc_policy``); the caller installs it just before the
+    worker runs (in-process test workers keep Python's default)."""
+    policy = GcPolicy.from_settings(settings)
+    if policy.enabled:
+
+        @top.app.timer(settings.gc_freeze_interval_s)  # type: ignore[untyped-decorator]
+        async def freeze_survivors() -> None:
+            policy.maintain()
+
+    return policy

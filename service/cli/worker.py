@@ -79,7 +79,12 @@ def worker(
     from service.model.playbooks import PlaybookError
     from service.model.scorecard import ScorecardError
     from service.runtime.topics import TopicError, ensure_topics
-    from streams.topology import build_worker, worker_playbooks, worker_scorecard
+    from streams.topology import (
+        build_worker,
+        install_gc_policy,
+        worker_playbooks,
+        worker_scorecard,
+    )
 
     try:
         scorecard = worker_scorecard(settings)
@@ -96,6 +101,7 @@ def worker(
     # faust creates only the last folder of its data dir.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     top, _, shutdown = build_worker(settings, scorecard)
+    gc_policy = install_gc_policy(top, settings)
     from service.runtime.log_limit import limit_http_errors, limit_repeats
     from service.runtime.log_safety import log_thread_exceptions
     from streams.shutdown import VitalsWorker, run_worker
@@ -114,6 +120,7 @@ def worker(
         stderr=sys.stderr,
         quiet=True,
     )
+    gc_policy.install()  # last: what start-up made is frozen
     if profile_to is None:
         run_worker(runner)
     else:

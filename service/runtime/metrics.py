@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from math import inf
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -95,6 +95,16 @@ EVENT_TIME_LAG_SECONDS = LoopHistogram(
     "vitals_event_time_lag_seconds",
     "Wall-clock time minus event occurred_at, at processing.",
     buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 90 * 86400),
+    registry=REGISTRY,
+)
+
+#: CPU time of each cyclic garbage collection (service.runtime.gc_policy).
+#: Not a LoopHistogram: a collection can run in faust's consumer thread.
+GC_PAUSE_SECONDS = Histogram(
+    "vitals_gc_pause_seconds",
+    "CPU time of each Python garbage collection, by generation (2: full).",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
 

@@ -149,6 +149,33 @@ class Settings(BaseSettings):
             " deliveries) for at most this long, then exits, logging what it left undone."
         ),
     )
+    gc_freeze_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How often the worker moves every object it holds (the account states) out"
+            " of the garbage collector's way (gc.freeze); 0: Python's default schedule."
+        ),
+    )
+    gc_full_interval_s: float = Field(
+        600.0,
+        ge=0,
+        description=(
+            "How often the worker runs one full garbage collection over everything,"
+            " frozen objects included (frees reference cycles that were frozen);"
+            " 0: never."
+        ),
+    )
+    gc_young_threshold: int = Field(
+        10_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "Allocations between two young garbage collections while the freeze is on"
+            " (Python's default: 700)."
+        ),
+    )
     worker_processes: int = Field(
         1,
         ge=0,
