@@ -79,6 +79,11 @@ LIVE_WINDOW_MS = 60_000
 
 #: Items applied between two returns to the event loop (about 50 ms of work).
 RELEASE_CHUNK = 2000
+#: A commit writes the states changed since the last one in slices of at
+#: least this many (or an eighth of them, if more), one slice after each
+#: chunk of processing (see ``Processor.commit``).
+STATE_SLICE = 250
+COMMIT_SLICES = 8
 
 #: Seconds buffered events may wait for a source before it is logged (and,
 #: if it has records it does not deliver, sought to fetch them again).
@@ -116,6 +121,18 @@ class Origin:
     topic: str
     partition: int
     offset: int
+
+
+@dataclass(slots=True)
+class CommitInProgress:
+    """A commit whose changed states are being written to the changelog in slices."""
+
+    #: (account key, partition) of the states still to write.
+    keys: list[tuple[bytes, int]]
+    #: The input offsets it commits: those handled when it started.
+    offsets: dict[Any, int]
+    #: States written per slice.
+    per_slice: int
 
 
 @dataclass(slots=True)
@@ -216,6 +233,10 @@ class Processor:
     #: (topic, outcome) -> events counted in the current batch.
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     last_commit: float = field(default_factory=time.monotonic)
+    #: The commit whose states are being written, if any (see ``commit``).
+    writing: CommitInProgress | None = None
+    #: When processing last handed over to outputs and commits (``after_chunk``).
+    last_chunk: float = 0.0
     #: The commit waiting for its sends in the background, if any.
     committing: asyncio.Future[None] | None = None
     #: The sends that commit waits for (``unfinished`` counts them).
@@ -352,9 +373,13 @@ class Processor:
         await self.after_chunk()
 
     async def after_chunk(self) -> None:
+        self.last_chunk = time.monotonic()
         await self.flush_outputs()
-        if time.monotonic() - self.last_commit >= self.top.settings.commit_interval_s:
-            await self.commit()
+        if (
+            self.writing is not None
+            or time.monotonic() - self.last_commit >= self.top.settings.commit_interval_s
+        ):
+            await self.commit(sliced=True)
         await asyncio.sleep(0)
 
     def on_record(self, source: tuple[str, int], record: Any) -> None:
@@ -858,35 +883,64 @@ class Processor:
                 offsets[tp] = upto
         return offsets
 
-    async def commit(self, wait: bool = False) -> None:
+    async def commit(self, wait: bool = False, *, sliced: bool = False) -> None:
         """Write changed states to the changelog, then commit offsets once every
         send so far is acknowledged.
 
-        The waiting runs in the background (one commit at a time) so that
-        processing goes on meanwhile; ``wait`` waits for it (revocation,
-        shutdown). A failed send or commit stops the worker: the records are
-        read again after the restart.
+        A commit starts by taking the input offsets handled so far and the
+        states changed since the last commit: every state that holds what
+        those offsets cover is among them. With ``sliced`` each call writes
+        one slice of those states (``STATE_SLICE`` or an eighth of them) and
+        returns; the next chunk of processing goes on in between, and the
+        offsets are committed after the last slice. Writing them all at once
+        (about 45 µs a state) stopped a live worker for 100-170 ms every
+        second at 2,000 changed accounts a second: its p99. A state written
+        after further events holds more than the offsets cover; a record read
+        again after a crash is found in its positions and not applied twice.
+        Without ``sliced`` the rest is written at once.
+
+        The waiting for the sends and the offset commit run in the background
+        (one commit at a time) so that processing goes on meanwhile; ``wait``
+        waits for it (revocation, shutdown). A failed send or commit stops the
+        worker: the records are read again after the restart.
         """
-        self.last_commit = time.monotonic()
-        committed = self.consumer._committed_offset
-        if self.dirty:
+        work = self.writing
+        if work is None:
+            self.last_commit = time.monotonic()
+            keys = list(self.dirty.items())
+            keys.reverse()  # written oldest change first (pop from the end)
+            per_slice = max(STATE_SLICE, -(-len(keys) // COMMIT_SLICES))
+            work = self.writing = CommitInProgress(keys, self.committable(), per_slice)
+            self.dirty = {}
+        keys = work.keys
+        if keys:
+            committed = self.consumer._committed_offset
             states = self.states
             changelog = self.top.settings.changelog_topic
             by_name = {self._tp_name((tp.topic, tp.partition)): tp for tp in committed}
-            for key, partition in self.dirty.items():
+            count = min(len(keys), work.per_slice) if sliced else len(keys)
+            for _ in range(count):
+                key, partition = keys.pop()
                 state = states.get(key)
                 if state is None:
                     continue
                 self._prune_positions(state, committed, by_name)
                 self.outbox.append((changelog, key, state.to_bytes(), partition, None))
-            self.dirty.clear()
         await self._produce_outbox()
+        if keys:
+            return  # the next slice comes after the next chunk
+        self.writing = None
         previous = self.committing
         if previous is not None:
             await previous  # commits stay in order
         inflight, self.inflight = self.inflight, []
         self.acking = inflight
-        offsets = self.committable()
+        committed = self.consumer._committed_offset
+        offsets = {}
+        for tp, offset in work.offsets.items():
+            last = committed.get(tp)  # a later commit may have passed it
+            if last is None or offset > last:
+                offsets[tp] = offset
         if inflight or offsets:
             self.committing = asyncio.ensure_future(
                 self._finish_commit(inflight, offsets, self.epoch)
@@ -954,6 +1008,8 @@ class Processor:
     async def commit_now(self, wait: bool = True) -> None:
         """Commit outside a batch (timer, revocation, shutdown)."""
         async with self.lock:
+            if self.writing is not None:
+                await self.commit(wait=wait)  # the rest of the one in progress
             if self.dirty or self.inflight or self.outbox or self.committable():
                 await self.commit(wait=wait)
             elif wait and self.committing is not None:
@@ -971,6 +1027,11 @@ class Processor:
 
     def forget_partitions(self) -> None:
         """Drop what belongs to the previous assignment (records are read again)."""
+        if self.writing is not None:
+            # A commit cut short (its revocation commit failed): its states
+            # are still changed; its offsets are not committed.
+            self.dirty.update(reversed(self.writing.keys))
+            self.writing = None
         self.buffers.clear()
         self.held.clear()
         self.released.clear()
@@ -1174,8 +1235,11 @@ def install_processor(
 
     @app.timer(settings.commit_interval_s)  # type: ignore[untyped-decorator]
     async def commit() -> None:
-        # Batches commit as they go; this covers a worker with nothing to read.
-        if not app.rebalancing:
+        # Batches commit as they go; this covers a worker with nothing to read
+        # (a commit in progress is left to the batches while they come: the
+        # rest at once would be the pause that slicing avoids).
+        busy = time.monotonic() - processor.last_chunk < settings.commit_interval_s
+        if not app.rebalancing and not (busy and processor.writing is not None):
             await processor.release_waiting()
             await processor.commit_now(wait=False)
 

@@ -75,8 +75,9 @@ class Settings(BaseSettings):
         gt=0,
         le=60,
         description=(
-            "How often the worker writes changed account states to the changelog and"
-            " commits its input offsets (a restart re-reads at most this much)."
+            "How often the worker starts a commit: changed account states go to the"
+            " changelog (in slices between batches), then the input offsets handled when"
+            " it started are committed (a restart re-reads about this much)."
         ),
     )
     clock_idle_s: float = Field(
