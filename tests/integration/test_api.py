@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import load_example
 from service.processing.partitioning import account_partition
-from tests.integration.workers import Namespace, WorkerProcess
+from tests.integration.workers import Namespace, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,10 @@ def request(
 
 
 async def poll(condition: Any, *, timeout: float = 60.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await asyncio.to_thread(condition)
-        if result:
-            return result
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Wait for a blocking ``condition`` (HTTP calls), run in a thread."""
+    return await wait_for(
+        lambda: asyncio.to_thread(condition), timeout=timeout, interval=0.2, what=what
+    )
 
 
 def login(account_id: str, **changes: Any) -> dict[str, Any]:

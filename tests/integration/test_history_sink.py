@@ -10,8 +10,6 @@ import os
 import signal
 import sqlite3
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from service.history.models import BucketChangeRow, CsmPulseRow, PlaybookTrigger
 from service.history.sink import DAY_MS, SinkStats, history_group_id, run_history_sink
 from service.runtime.settings import Settings
 from service.runtime.topics import ensure_topics_async
-from tests.integration.workers import Namespace
+from tests.integration.workers import Namespace, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -112,20 +110,6 @@ async def row_counts(url: str) -> dict[str, int]:
         await engine.dispose()
 
 
-async def wait_for(
-    condition: Callable[[], Awaitable[Any]], *, timeout: float = 90.0, what: str
-) -> Any:
-    """Poll an async condition until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def run_sink_until(settings: Settings, url: str, consumed: int) -> SinkStats:
     """Run a sink until it has consumed ``consumed`` messages, then stop it cleanly."""
     stats = SinkStats()
@@ -139,7 +123,7 @@ async def run_sink_until(settings: Settings, url: str, consumed: int) -> SinkSta
         return stats.messages >= consumed
 
     try:
-        await wait_for(done, what=f"the sink to consume {consumed} messages")
+        await wait_for(done, timeout=90, what=f"the sink to consume {consumed} messages")
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -251,7 +235,7 @@ async def test_cli_history_sink_stops_cleanly_on_sigterm(
         return counts == expected
 
     try:
-        await wait_for(all_rows, what="the CLI sink to store every row")
+        await wait_for(all_rows, timeout=90, what="the CLI sink to store every row")
         process.send_signal(signal.SIGTERM)
         stdout, _ = await asyncio.wait_for(process.communicate(), 30)
     finally:

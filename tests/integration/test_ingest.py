@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas import load_example
 from schemas.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from schemas.events import EVENT_TYPES
-from tests.integration.workers import Namespace, WorkerProcess
+from tests.integration.workers import Namespace, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +56,6 @@ async def ready(worker: WorkerProcess) -> WorkerProcess:
 async def state_of(worker: WorkerProcess, account_id: str) -> dict[str, Any] | None:
     status, body = await asyncio.to_thread(worker.get_json, f"/accounts/{account_id}/state")
     return body if status == 200 else None
-
-
-async def wait_for(condition: Any, *, timeout: float = 60.0, what: str) -> Any:
-    """Async twin of ``wait_until``: poll an async condition until truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await condition()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_topic_table_covers_every_event_type() -> None:

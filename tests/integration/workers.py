@@ -6,13 +6,14 @@ changelogs never collide between tests sharing the session broker.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +58,26 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})"
     )
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """The async twin of :func:`wait_until`: await ``condition`` until it
+    returns a truthy value; fail after ``timeout`` (a slow condition still
+    gets one last answer after the deadline, then fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 @dataclass
