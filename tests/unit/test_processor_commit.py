@@ -142,14 +142,21 @@ async def test_a_commit_writes_a_slice_per_chunk_and_then_its_offsets(
     assert not proc.dirty
 
 
+async def first_slice_written(proc: Processor) -> set[bytes]:
+    """1,000 accounts changed and input handled up to offset 10, then the
+    first slice of the commit: the keys changed."""
+    keys = {change(proc, f"a{i}") for i in range(1000)}
+    handled(proc, 10)
+    await proc.commit(sliced=True)
+    assert proc.writing is not None
+    return keys
+
+
 async def test_commit_now_finishes_the_commit_in_progress_and_commits_everything(
     setup: tuple[Processor, StandInTopology],
 ) -> None:
     proc, top = setup
-    for i in range(1000):
-        change(proc, f"a{i}")
-    handled(proc, 10)
-    await proc.commit(sliced=True)
+    await first_slice_written(proc)
     change(proc, "b")
     handled(proc, 20)
     await proc.commit_now()  # revocation, shutdown
@@ -165,12 +172,9 @@ async def test_a_commit_cut_short_by_a_rebalance_leaves_its_states_changed(
     setup: tuple[Processor, StandInTopology],
 ) -> None:
     proc, top = setup
-    for i in range(1000):
-        change(proc, f"a{i}")
-    handled(proc, 10)
-    await proc.commit(sliced=True)
+    changed = await first_slice_written(proc)
     written = {key for key, _ in top.app.producer.changelog()}
     proc.forget_partitions()  # the revocation commit failed
     assert proc.writing is None
-    assert set(proc.dirty) == {f"a{i}".encode() for i in range(1000)} - written
+    assert set(proc.dirty) == changed - written
     assert top.app.consumer.commits == []
