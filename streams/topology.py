@@ -64,7 +64,7 @@ def install_gc_policy(top: Topology, settings: Settings) -> GcPolicy:
     if policy.enabled:
 
         @top.app.timer(settings.gc_freeze_interval_s)  # type: ignore[untyped-decorator]
-        async def freeze_survivors() -> None:
+        async def freeze_tracked_objects() -> None:
             policy.maintain()
 
     return policy

@@ -45,8 +45,6 @@ __all__ = ["GcPolicy"]
 
 log = logging.getLogger(__name__)
 
-_GENERATIONS = ("0", "1", "2")
-
 
 class GcPolicy:
     """The collector's schedule for a long-running worker process (see the module)."""
@@ -66,13 +64,16 @@ class GcPolicy:
         self.full_interval_s = full_interval_s
         self.young_threshold = young_threshold
         self._started = 0.0
+        #: vitals_gc_pause_seconds by generation, resolved once (a labels()
+        #: lookup takes a lock, and collections come hundreds a second).
+        self._pauses = [metrics.GC_PAUSE_SECONDS.labels(str(g)) for g in range(3)]
         self._last_full = time.monotonic()
         self._installed = False
         self._saved_threshold: tuple[int, int, int] | None = None
 
     @property
     def enabled(self) -> bool:
-        """Whether the policy freezes survivors (``freeze_interval_s`` > 0)."""
+        """Whether the policy freezes what the collector tracks (``freeze_interval_s`` > 0)."""
         return self.freeze_interval_s > 0
 
     def install(self) -> None:
@@ -134,6 +135,4 @@ class GcPolicy:
         if phase == "start":
             self._started = time.thread_time()
             return
-        generation = info.get("generation", 2)
-        label = _GENERATIONS[generation] if 0 <= generation < 3 else "2"
-        metrics.GC_PAUSE_SECONDS.labels(label).observe(time.thread_time() - self._started)
+        self._pauses[info["generation"]].observe(time.thread_time() - self._started)
