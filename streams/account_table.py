@@ -19,6 +19,9 @@ reported for a partition whose states the store still holds: it is dropped as
 soon as the partition is not an active one of this worker (faust's memory
 store drops the states of such partitions when recovery completes).
 
+The store's mapping is a :class:`~service.processing.state_store.StateStore`:
+at most ``VITALS_LIVE_STATES`` states live, the others as their bytes.
+
 Also counted, by partition (``service.runtime.metrics``): the records read
 into the table by recovery, and those of them that replaced a state already
 held.
@@ -32,6 +35,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from service.processing.state_store import StateStore
 from service.runtime import metrics
 
 __all__ = ["AccountTable"]
@@ -40,11 +44,27 @@ __all__ = ["AccountTable"]
 class AccountTable(faust.Table):  # type: ignore[type-arg]
     """The account table (keys: account id bytes, values: ``AccountState``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, live_states: int = 0, **kwargs: Any) -> None:
+        #: States held as live objects (``VITALS_LIVE_STATES``; 0: all).
+        self.live_states = live_states
         super().__init__(*args, **kwargs)
         #: changelog partition -> offset of the last record this worker wrote
         #: there and the broker acknowledged, while it held the partition.
         self._written: dict[TP, int] = {}
+
+    def _new_store(self) -> Any:
+        # faust's memory store, its mapping replaced by one that holds the
+        # least recently used states as their bytes (service.processing.state_store).
+        store = super()._new_store()
+        store.data = StateStore(self.live_states)
+        return store
+
+    @property
+    def states(self) -> StateStore:
+        """The store's mapping: account key -> state."""
+        store: Any = self.data
+        states: StateStore = store.data
+        return states
 
     def note_written(self, offsets: Mapping[int, int]) -> None:
         """Record ``{partition: offset}`` of acknowledged changelog records the
@@ -79,7 +99,15 @@ class AccountTable(faust.Table):  # type: ignore[type-arg]
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         # faust's memory store drops the keys of every partition that is not
-        # active here; offsets must never outlive the states they stand for.
+        # active here (by ``pop``, which would decode each state held encoded
+        # only to drop it: they are discarded here first, by the same rule);
+        # offsets must never outlive the states they stand for.
+        store: Any = self.data
+        partitions = {tp.partition for tp in active_tps}
+        states = self.states
+        for key, partition in store._key_partition.items():
+            if partition not in partitions:
+                states.discard(key)
         await super().on_recovery_completed(active_tps, standby_tps)
         for tp in list(self._written):
             if tp not in active_tps:

@@ -170,6 +170,7 @@ def build_topology(settings: Settings) -> Topology:
         beacon=app.tables.beacon,
         partitions=settings.partitions,
         key_type=bytes,
+        live_states=settings.live_states,
         # faust derives a changelog's value codec from the table's value type
         # (JSON otherwise), so the changelog topic is declared here with ours.
         changelog_topic=app.topic(

@@ -66,6 +66,7 @@ from service.model.scorecard import Scorecard
 from service.model.scoring import Evaluation, Step
 from service.processing.clock import PartitionProgress, timer_as_of
 from service.processing.partitioning import account_partition
+from service.processing.state_store import StateStore
 from service.runtime import metrics
 from service.runtime.dead_letter import PROCESSING_ERROR, dead_letter_headers
 from service.runtime.webhook import WebhookDispatcher
@@ -283,10 +284,12 @@ class Processor:
         return consumer
 
     @property
-    def states(self) -> dict[bytes, AccountState]:
-        """The live account states (the faust table's in-memory store)."""
-        data: dict[bytes, AccountState] = self.top.accounts.data.data
-        return data
+    def states(self) -> StateStore:
+        """The account states (the faust table's in-memory store): reading one
+        makes it live; past ``VITALS_LIVE_STATES`` the least recently used are
+        held as their bytes."""
+        states: StateStore = self.top.accounts.states
+        return states
 
     def partition_keys(self, partition: int) -> Iterable[bytes]:
         """The account keys of ``partition`` this worker holds."""
@@ -921,11 +924,16 @@ class Processor:
             count = min(len(keys), work.per_slice) if sliced else len(keys)
             for _ in range(count):
                 key, partition = keys.pop()
-                state = states.get(key)
-                if state is None:
-                    continue
-                self._prune_positions(state, committed, by_name)
-                self.outbox.append((changelog, key, state.to_bytes(), partition, None))
+                # A state held encoded has not changed since it was encoded:
+                # its bytes are its record (positions pruned when next live).
+                value = states.encoded(key)
+                if value is None:
+                    state = states.live(key)
+                    if state is None:
+                        continue
+                    self._prune_positions(state, committed, by_name)
+                    value = state.to_bytes()
+                self.outbox.append((changelog, key, value, partition, None))
         await self._produce_outbox()
         if keys:
             return  # the next slice comes after the next chunk

@@ -115,6 +115,21 @@ ACCOUNTS_TRACKED = Gauge(
     registry=REGISTRY,
 )
 
+#: Of those, the states held as live objects (the rest as their bytes).
+ACCOUNTS_LIVE = Gauge(
+    "vitals_accounts_live",
+    "Account states held as live objects; the others are held encoded (VITALS_LIVE_STATES).",
+    registry=REGISTRY,
+)
+
+#: Cold states decoded to be used again.
+STATES_DECODED = Counter(
+    "vitals_states_decoded",
+    "Account states decoded from their bytes to be used again (held encoded past"
+    " VITALS_LIVE_STATES).",
+    registry=REGISTRY,
+)
+
 #: Health scores published to the scores topic.
 SCORE_UPDATES = Counter(
     "vitals_score_updates",

@@ -98,6 +98,16 @@ class Settings(BaseSettings):
             " half): bounds memory during a catch-up."
         ),
     )
+    live_states: int = Field(
+        20_000,
+        ge=0,
+        le=100_000_000,
+        description=(
+            "Account states a worker holds as live objects (about 40 KB each when busy),"
+            " the most recently used; every other account it owns is held as its changelog"
+            " bytes (1.5-3 KB) and decoded when next used. 0: every state live."
+        ),
+    )
     live_skew_ms: int = Field(
         100,
         ge=0,

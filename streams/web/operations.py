@@ -16,13 +16,21 @@ __all__ = ["install_operations"]
 
 def install_operations(api: Api) -> None:
     app, settings, accounts = api.app, api.settings, api.accounts
+    #: What the decoded-states counter has been told so far.
+    counted = {"decoded": 0}
 
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Response:
         metrics.ACCOUNTS_TRACKED.set(len(accounts))
+        metrics.ACCOUNTS_LIVE.set(accounts.states.live_count)
+        decoded = accounts.states.decoded
+        metrics.STATES_DECODED.inc(max(0, decoded - counted["decoded"]))
+        counted["decoded"] = decoded
         # Counted from the states this worker owns now (not kept up as scores
         # are published: a rebalance takes accounts away).
-        by_bucket = Counter(state.bucket for state in list(accounts.values()))
+        # (By key from the store: a state held encoded keeps its bucket beside it.)
+        states = accounts.states
+        by_bucket = Counter(states.bucket(key) for key in states)
         for bucket in ("green", "yellow", "red"):
             metrics.ACCOUNTS_BY_BUCKET.labels(bucket).set(by_bucket.get(bucket, 0))
         # aiohttp refuses a charset inside content_type; the exposition format's

@@ -50,11 +50,15 @@ def local_part(api: Api) -> dict[str, Any]:
     """This worker's share of the portfolio (the accounts it owns)."""
     summaries = []
     known_summaries = api.processor.summaries
-    for key, state in list(api.accounts.items()):
+    states = api.accounts.states
+    for key in states:
         known = known_summaries.get(key)
         if known is not None:
             summaries.append(known)
-        elif state.scored_at is not None and state.bucket is not None:
+            continue
+        # Not rescored since this worker took it over: read, not made live.
+        state = states.peek(key)
+        if state is not None and state.scored_at is not None and state.bucket is not None:
             arr = state.snapshot.get("arr")
             summaries.append(
                 AccountSummary(

@@ -113,10 +113,13 @@ def local_summaries(api: Api) -> list[AccountSummary]:
     out: list[AccountSummary] = []
     # The table's in-memory store directly: the table's own items() goes
     # through faust's per-key access, which is slow for 10,000 accounts.
-    for key, state in list(api.processor.states.items()):
+    states = api.processor.states
+    for key in states:
         summary = known.get(key)
         if summary is None:
-            summary = summary_from_state(state)
+            # Not rescored since this worker took it over: read, not made live.
+            state = states.peek(key)
+            summary = None if state is None else summary_from_state(state)
         if summary is not None:
             out.append(summary)
     return out

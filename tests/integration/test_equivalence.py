@@ -176,7 +176,9 @@ async def test_a_catch_up_under_a_small_buffer_bound(
     such a topic for good once it held the others back: the 1M bench stalled).
 
     The garbage-collector schedule runs fast here (freezes every 0.2 s, a
-    full collection every 2 s): it changes nothing in the results either."""
+    full collection every 2 s), and the worker holds at most 50 of the 500
+    states live (VITALS_LIVE_STATES; the others as their bytes, decoded when
+    next used): neither changes anything in the results."""
     events = history(end_ms=history_end())
     await produce_into_new_topics(producer, namespace, kafka_bootstrap, events)
     settings = {
@@ -184,6 +186,7 @@ async def test_a_catch_up_under_a_small_buffer_bound(
         "VITALS_BUFFER_MAX_EVENTS": "500",
         "VITALS_GC_FREEZE_INTERVAL_S": "0.2",
         "VITALS_GC_FULL_INTERVAL_S": "2",
+        "VITALS_LIVE_STATES": "50",
     }
     worker = worker_factory(namespace, extra_env=settings)
     await asyncio.to_thread(worker.wait_ready)
@@ -200,3 +203,11 @@ async def test_a_catch_up_under_a_small_buffer_bound(
         if line.startswith('vitals_gc_pause_seconds_count{generation="2"}')
     ]
     assert full and full[0] >= 1, "the worker timed no full collection"
+    text = worker.metrics_text()
+    decoded = prometheus_sum(text, "vitals_states_decoded_total")
+    live = prometheus_sum(text, "vitals_accounts_live")
+    tracked = prometheus_sum(text, "vitals_accounts_tracked")
+    print(f"STATES: {live:.0f} of {tracked:.0f} live, {decoded:.0f} decoded again")
+    assert tracked == ACCOUNTS
+    assert live <= 50
+    assert decoded > ACCOUNTS, "states held encoded were not used again"

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 
 from service.model.account_state import AccountState
 from service.model.scorecard import default_scorecard
+from service.processing.state_store import StateStore
 from streams.app import Topology
 from streams.processor import COMMIT_SLICES, STATE_SLICE, Processor
 from tests.unit.test_processor_timer import SETTINGS, StandInConsumer
@@ -65,13 +66,18 @@ class StandInTable:
     data: Any
     written: list[dict[int, int]] = field(default_factory=list)
 
+    @property
+    def states(self) -> StateStore:
+        states: StateStore = self.data.data
+        return states
+
     def note_written(self, offsets: dict[int, int]) -> None:
         self.written.append(offsets)
 
 
 @dataclass
 class Store:
-    data: dict[bytes, AccountState] = field(default_factory=dict)
+    data: StateStore = field(default_factory=StateStore)
     _key_partition: dict[bytes, int] = field(default_factory=dict)
 
 
@@ -178,3 +184,19 @@ async def test_a_commit_cut_short_by_a_rebalance_leaves_its_states_changed(
     assert proc.writing is None
     assert set(proc.dirty) == changed - written
     assert top.app.consumer.commits == []
+
+
+async def test_a_commit_writes_states_held_encoded_without_decoding_them(
+    setup: tuple[Processor, StandInTopology],
+) -> None:
+    proc, top = setup
+    top.accounts.data.data = store = StateStore(live_limit=100)
+    keys = [change(proc, f"a{i}", late=i) for i in range(1000)]
+    handled(proc, 10)
+    assert store.live_count == 100
+    await proc.commit_now()
+    written = dict(top.app.producer.changelog())
+    assert set(written) == set(keys)
+    assert all(orjson.loads(written[f"a{i}".encode()]).get("late", 0) == i for i in range(1000))
+    assert store.decoded == 0, "a state held encoded was decoded only to be written"
+    assert top.app.consumer.commits == [{TopicPartition(LOGIN, 0): 11}]
