@@ -1,7 +1,7 @@
 """The account states a worker holds: the busiest as live objects, the rest as their bytes.
 
 A live :class:`~service.model.account_state.AccountState` of a busy account
-is about 35-40 KB of Python objects (windows, maps, the last evaluation and
+is about 34 KB of Python objects (windows, maps, the last evaluation and
 its caches); the same state as its changelog record
 (:meth:`AccountState.to_bytes`) is 1.5-3 KB. :class:`StateStore` keeps at
 most ``live_limit`` states as objects, in least-recently-used order, and every

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         ge=0,
         le=100_000_000,
         description=(
-            "Account states a worker holds as live objects (about 40 KB each when busy),"
+            "Account states a worker holds as live objects (about 34 KB each when busy),"
             " the most recently used; every other account it owns is held as its changelog"
             " bytes (1.5-3 KB) and decoded when next used. 0: every state live."
         ),

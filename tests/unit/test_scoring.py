@@ -27,6 +27,7 @@ from schemas.outputs import HealthScore, format_utc
 from service.model.account_state import (
     DEDUP_IDS,
     HORIZON_MS,
+    ID_DIGEST_BYTES,
     RETAIN_DAYS,
     AccountState,
     ApplyResult,
@@ -299,8 +300,20 @@ def test_state_stays_bounded_however_long_it_runs() -> None:
     assert len(state.logins) <= RETAIN_DAYS
     assert len(state.tickets) <= RETAIN_DAYS
     assert len(state.kpis) <= 20
-    assert len(state.dedup) == DEDUP_IDS
+    assert len(state.dedup) == DEDUP_IDS * ID_DIGEST_BYTES
     assert len(state.to_bytes()) < 32_000
+
+
+def test_an_event_id_matches_only_a_whole_remembered_digest() -> None:
+    from service.model.account_state import _holds_id
+
+    assert ID_DIGEST_BYTES == 6
+    ids = b"ABCDEF" + b"GHIJKL"
+    assert _holds_id(ids, b"GHIJKL") and _holds_id(ids, b"ABCDEF")
+    assert not _holds_id(ids, b"DEFGHI"), "straddles two digests"
+    assert _holds_id(b"zAAAAA" + b"AAAAAA", b"AAAAAA"), "after a misaligned match"
+    assert not _holds_id(b"zAAAAA" + b"Azzzzz", b"AAAAAA")
+    assert not _holds_id(b"", b"AAAAAA")
 
 
 # ================================================================ tickets
@@ -1587,7 +1600,9 @@ def _format_1(state: AccountState) -> dict[str, Any]:
     data["bl"] = {m: [v, c] for m, (v, c) in state.baseline.items() if v is not None or c}
     data["g"] = list(state.gates)
     # 8-byte id digests (format 3 keeps their first 6 bytes; the rest is noise).
-    data["ids"] = base64.b64encode(b"".join(d + b"\xff\xee" for d in state.dedup)).decode()
+    ids = state.dedup
+    digests = (ids[i : i + ID_DIGEST_BYTES] for i in range(0, len(ids), ID_DIGEST_BYTES))
+    data["ids"] = base64.b64encode(b"".join(d + b"\xff\xee" for d in digests)).decode()
     data.pop("ofs", None)
     return {k: v for k, v in data.items() if v or k in ("v", "id", "pd")}
 
